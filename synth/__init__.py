@@ -1,0 +1,35 @@
+"""synth: train, sample and evaluate generative models of biomedical images from composed Hydra configs.
+
+Importing the package is cheap (no torch): it only registers the OmegaConf resolvers the configs use.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+__version__ = "0.1.0"
+
+
+def resolve_run_dir(run_dir: str) -> str:
+    """`latest` -> newest run under outputs/train; otherwise the path itself, which must be a run dir."""
+    path = Path(str(run_dir))
+    if str(run_dir) == "latest":
+        runs = sorted(Path("outputs/train").glob("*/config.yaml"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            _die("run_dir=latest but outputs/train holds no finished run: train one first (python train.py)")
+        path = runs[-1].parent
+    if not (path / "config.yaml").is_file():
+        _die(f"run_dir={run_dir} is not a synth run dir (no config.yaml): pass a dir made by train.py")
+    return str(path.resolve())
+
+
+def _die(message: str) -> None:
+    """Exit with one line; used where Hydra would otherwise print a traceback (resolvers, entry scripts)."""
+    sys.stderr.write(f"synth: error: {message}\n")
+    raise SystemExit(2)
+
+
+OmegaConf.register_new_resolver("len", lambda x: len(x), replace=True)
+OmegaConf.register_new_resolver("resolve_run_dir", resolve_run_dir, replace=True)

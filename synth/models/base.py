@@ -1,0 +1,100 @@
+"""What every family shares: image geometry, the `sample` contract, optimizers from config, shape checks,
+and the metadata (family, data geometry) that travels inside every checkpoint."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
+
+from synth.errors import SynthError
+
+
+def build(cfg: Any, **overrides: Any) -> Any:
+    """Instantiate a network config as plain Python values; MONAI wants `(name, {args})` layer specs as tuples."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    for key in ("act", "norm", "dropout"):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = tuple(cfg[key])
+    target = get_class(cfg.pop("_target_"))
+    return target(**{**cfg, **overrides})
+
+
+class GenerativeModule(L.LightningModule):
+    """Base of the families. Subclasses build their networks from config and implement the steps and `sample`."""
+
+    family: str = "generative"
+
+    def __init__(
+        self,
+        *,
+        name: str,                   # the model config's name (ddpm, vae, ...)
+        family: str,                 # autoencoder | gan | diffusion (recorded in checkpoints)
+        monitor: str,                # metric the best checkpoint is chosen by
+        monitor_mode: str,           # min | max
+        spatial_dims: int,           # 2 or 3
+        in_channels: int,            # image channels
+        image_size: Sequence[int],   # spatial shape the data module delivers
+        optimizer: Any,              # partial optimizer config (_partial_: true)
+    ) -> None:
+        super().__init__()
+        if len(image_size) != spatial_dims:
+            raise SynthError(
+                f"data.image_size={list(image_size)} has {len(image_size)} numbers but data.spatial_dims={spatial_dims}: "
+                f"give {spatial_dims} sizes, e.g. data.image_size=[{','.join(['64'] * spatial_dims)}]"
+            )
+        self.name = name
+        self.family = family
+        self.monitor = monitor
+        self.monitor_mode = monitor_mode
+        self.spatial_dims = int(spatial_dims)
+        self.image_shape = (int(in_channels), *[int(s) for s in image_size])
+        self.optimizer_cfg = optimizer
+        self.data_meta: dict = {}  # filled by the train task from the data module; saved in checkpoints
+
+    # ----- the contract ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, condition: Any = None, generator: torch.Generator | None = None, **sampler) -> torch.Tensor:
+        """Return `n` images `(n, C, *S)` in [-1, 1]."""
+        raise NotImplementedError
+
+    def check_divisible(self, factor: int, what: str) -> None:
+        """Fail before training when the image cannot pass through `factor`-fold downsampling."""
+        bad = [s for s in self.image_shape[1:] if s % factor]
+        if bad:
+            ok = [max(factor, round(s / factor) * factor) for s in self.image_shape[1:]]
+            raise SynthError(
+                f"image size {list(self.image_shape[1:])} is not divisible by {factor} ({what}): "
+                f"set data.image_size={ok} or use fewer levels"
+            )
+
+    def _check_conditioning(self, condition: Any) -> None:
+        if condition is not None:
+            raise SynthError(f"this {self.family} model is unconditional: drop condition= (or train a conditional model)")
+
+    def _noise_device(self, generator: torch.Generator | None) -> torch.device:
+        return generator.device if generator is not None else self.device
+
+    # ----- optimizers and checkpoints ----------------------------------------------------------------------
+    def build_optimizer(self, cfg: Any, params) -> torch.optim.Optimizer:
+        return instantiate(cfg)(params=params)
+
+    def configure_optimizers(self):
+        return self.build_optimizer(self.optimizer_cfg, self.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["synth"] = {
+            "family": self.family,
+            "model": self.name,
+            "image_shape": list(self.image_shape),
+            "data_meta": self.data_meta,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.data_meta = checkpoint.get("synth", {}).get("data_meta", self.data_meta)
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

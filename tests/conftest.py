@@ -1,0 +1,76 @@
+"""Shared fixtures: compose the real configs with Hydra's compose API into tmp run dirs, tiny model flavours."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import synth  # noqa: F401  (resolvers)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+# Tiny flavour of each model: same code path, a fraction of the compute (what CI trains).
+TINY = {
+    "ddpm": [
+        "model.net.channels=[8,16]", "model.net.attention_levels=[false,true]", "model.net.norm_num_groups=8",
+        "model.net.num_head_channels=8", "model.scheduler.num_train_timesteps=100", "model.sampling_steps=5",
+    ],
+    "vae": ["model.net.channels=[8,16]", "model.net.attention_levels=[false,false]", "model.net.norm_num_groups=8",
+            "model.net.latent_channels=2", "model.discriminator.channels=8", "model.discriminator.num_layers_d=2"],
+    "dcgan": ["model.channels=[32,16]", "model.latent_dim=16", "model.discriminator.channels=[8,16]",
+              "model.discriminator.strides=[2,2]"],
+}
+TINY["ae"] = TINY["vae"]
+MODELS = ["ae", "vae", "dcgan", "ddpm"]
+
+
+def phantom(spatial_dims: int = 2, size: int = 16, n: int = 12, channels: int = 1) -> list[str]:
+    shape = ",".join([str(size)] * spatial_dims)
+    return [
+        "data=phantom", f"data.spatial_dims={spatial_dims}", f"data.image_size=[{shape}]", f"data.channels={channels}",
+        f"data.source.n_subjects={n}", "data.batch_size=4",
+    ]
+
+
+def quick(steps: int = 4) -> list[str]:
+    """A few steps with one validation and checkpoints at the end."""
+    return ["debug=default", "trainer.max_epochs=-1", f"trainer.max_steps={steps}", "trainer.limit_val_batches=1",
+            f"trainer.val_check_interval={steps}", "trainer.detect_anomaly=false", "callbacks.sample_grid.n=2"]
+
+
+def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """The train config as train.py would see it, with its run dir in tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    run_dir = tmp_path / "run"
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+        cfg.paths.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as @hydra.main hands it over
+    return cfg
+
+
+@pytest.fixture
+def train_cfg(tmp_path):
+    def make(model: str, overrides: list[str] = (), dims: int = 2, steps: int = 4, **data) -> DictConfig:
+        return compose_train(tmp_path, [f"model={model}", *TINY[model], *phantom(dims, **data), *quick(steps), *overrides])
+    return make
+
+
+def run_script(script: str, args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run an entry script the way a user does, from `cwd` (its outputs/ lands there)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
