@@ -21,10 +21,19 @@ log_line = rank_zero_only(lambda msg: print(f"[synth] {msg}", flush=True))
 
 def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run a task from an entry script: user errors become one line on stderr and exit code 2."""
+    from hydra.errors import InstantiationException
+
     try:
         return task(cfg)
     except SynthError as err:
         _die(str(err))
+    except InstantiationException as err:  # a constructor refused its config: show the cause, not the wrapper
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, SynthError):
+            _die(str(cause))
+        raise
 
 
 # ----- checkpoints ----------------------------------------------------------------------------------------
@@ -95,6 +104,14 @@ def _start_run_dir(run_dir: Path, cfg: DictConfig, resume: str | None) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def _save_final(trainer) -> None:
+    """A run always ends with checkpoints/last.ckpt at its final step, even when it stopped between validations."""
+    cb = trainer.checkpoint_callback
+    if cb is None or cb.dirpath is None or getattr(cb, "_last_global_step_saved", -1) == trainer.global_step:
+        return
+    trainer.save_checkpoint(str(Path(cb.dirpath) / "last.ckpt"))  # collective: every rank calls it
+
+
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Compose data, model, trainer from `cfg`; fit; return (metrics, objects)."""
     import lightning as L
@@ -123,6 +140,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     train_seconds = time.perf_counter() - start
+    _save_final(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test_after"):
         ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None

@@ -43,7 +43,7 @@ def phantom(spatial_dims: int = 2, size: int = 16, n: int = 12, channels: int = 
 def quick(steps: int = 4) -> list[str]:
     """A few steps with one validation and checkpoints at the end."""
     return ["debug=default", "trainer.max_epochs=-1", f"trainer.max_steps={steps}", "trainer.limit_val_batches=1",
-            f"trainer.val_check_interval={steps}", "trainer.detect_anomaly=false", "callbacks.sample_grid.n=2"]
+            f"trainer.val_check_interval={steps}", "trainer.check_val_every_n_epoch=null", "trainer.detect_anomaly=false", "callbacks.sample_grid.n=2"]
 
 
 def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
