@@ -31,5 +31,11 @@ def _die(message: str) -> None:
     raise SystemExit(2)
 
 
+def default_shape(spatial_dims: int, size_2d: int, size_3d: int) -> list[int]:
+    """The image size a data config uses unless data.image_size is given: square 2D, cubic 3D."""
+    return [int(size_2d)] * 2 if int(spatial_dims) == 2 else [int(size_3d)] * int(spatial_dims)
+
+
 OmegaConf.register_new_resolver("len", lambda x: len(x), replace=True)
+OmegaConf.register_new_resolver("shape", default_shape, replace=True)
 OmegaConf.register_new_resolver("resolve_run_dir", resolve_run_dir, replace=True)

@@ -1,5 +1,5 @@
-"""Training-time pictures: a grid of samples at each validation (rank 0 only), written into the run dir
-and sent to the loggers that take images (W&B, TensorBoard)."""
+"""Training-time pictures: a grid of real training images once, then a grid of samples at each validation
+(rank 0 only), written into the run dir and sent to the loggers that take images (W&B, TensorBoard)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +16,17 @@ class SampleGrid(L.Callback):
         self.n, self.every, self.seed, self.dirpath = int(n), max(1, int(every_n_epochs)), int(seed), dirpath
         self._validations = 0
 
+    def _dir(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath or Path(trainer.default_root_dir) / "grids")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        """grids/real.png: training images beside which the sample grids can be judged."""
+        if self.n <= 0 or not trainer.is_global_zero or trainer.datamodule is None:
+            return
+        real = trainer.datamodule.images("train", self.n).numpy()
+        meta = pl_module.data_meta
+        save_grid(real, self._dir(trainer) / "real.png", volume_axes=is_volume_axes(meta), rgb=is_rgb(meta))
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or self.n <= 0:
             return
@@ -26,7 +37,7 @@ class SampleGrid(L.Callback):
         with torch.no_grad():
             images = pl_module.sample(self.n, generator=g, progress=False).float().cpu().numpy()
         meta = pl_module.data_meta
-        out = Path(self.dirpath or Path(trainer.default_root_dir) / "grids") / f"step_{trainer.global_step:06d}.png"
+        out = self._dir(trainer) / f"step_{trainer.global_step:06d}.png"
         save_grid(images, out, volume_axes=is_volume_axes(meta), rgb=is_rgb(meta))
         grid = image_grid(images, volume_axes=is_volume_axes(meta), rgb=is_rgb(meta))
         for logger in trainer.loggers:

@@ -11,7 +11,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from synth import _die
 from synth.errors import SynthError
@@ -112,10 +112,20 @@ def _save_final(trainer) -> None:
     trainer.save_checkpoint(str(Path(cb.dirpath) / "last.ckpt"))  # collective: every rank calls it
 
 
+def _pin_hydra_run_dir() -> None:
+    """Lightning re-launches DDP ranks with `hydra.run.dir=<HydraConfig run.dir>`; that value is an
+    interpolation of `now`, so pin it to the dir this job really has or each rank would get its own."""
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        with open_dict(hydra_cfg), read_write(hydra_cfg):
+            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Compose data, model, trainer from `cfg`; fit; return (metrics, objects)."""
     import lightning as L
 
+    _pin_hydra_run_dir()
     run_dir = Path(cfg.paths.output_dir)
     resume = resolve_resume(cfg.get("ckpt_path"))
     _start_run_dir(run_dir, cfg, resume)
