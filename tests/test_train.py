@@ -24,7 +24,7 @@ def test_network_follows_data_config(tmp_path, model, dims):
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_trains_and_checkpoints(train_cfg, model, dims):
-    cfg = train_cfg(model, dims=dims, steps=4, size=16 if dims == 2 else 8, n=8)
+    cfg = train_cfg(model, dims=dims, steps=4, size=16 if dims == 2 else 8, n=20)
     metrics, objs = train(cfg)
     run = objs["run_dir"]
     info = json.loads((run / "run.json").read_text())
@@ -77,7 +77,7 @@ def test_resume_continues_step_count(tmp_path, train_cfg):
 def test_run_dir_is_never_reused(train_cfg):
     from synth.errors import SynthError
 
-    cfg = train_cfg("dcgan", steps=2, n=8)
+    cfg = train_cfg("dcgan", steps=2, n=20)
     train(cfg)
     with pytest.raises(SynthError, match="already holds a run"):
         train(cfg)

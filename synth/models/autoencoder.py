@@ -1,6 +1,6 @@
 """Autoencoder family: KL-VAE and plain AE on MONAI AutoencoderKL, optional patch-adversarial term.
 Both generate: the VAE decodes draws from N(0, I); the AE (or a VAE with latent_prior=fitted) decodes draws
-from a diagonal Gaussian fitted to its training latents during the last training epoch."""
+from a diagonal Gaussian fitted to its training latents (running moments, current in every checkpoint)."""
 from __future__ import annotations
 
 from typing import Any
@@ -44,9 +44,11 @@ class AutoencoderModule(GenerativeModule):
         levels = len(net["channels"])
         self.check_divisible(2 ** (levels - 1), f"the autoencoder has {levels} levels")
         self.latent_shape = (int(net["latent_channels"]), *[s // 2 ** (levels - 1) for s in self.image_shape[1:]])
+        self.prior_momentum = 0.01  # running moments follow about the last 100 steps (cumulative before that)
         self.register_buffer("latent_mean", torch.zeros(self.latent_shape))
         self.register_buffer("latent_std", torch.ones(self.latent_shape))
-        self._moments = None  # running (count, sum, sum of squares) of training latents, this epoch
+        self.register_buffer("latent_sq", torch.ones(self.latent_shape))  # running E[z^2]
+        self.register_buffer("latent_updates", torch.zeros((), dtype=torch.long))
         self.disc = build(discriminator) if self.adv_weight > 0 else None
         self.adv_loss = PatchAdversarialLoss(criterion="least_squares") if self.disc is not None else None
         self.automatic_optimization = self.disc is None
@@ -84,27 +86,22 @@ class AutoencoderModule(GenerativeModule):
             return out["loss"]
 
         opt_g, opt_d = self.optimizers()
+        adversarial = self._adv_active()  # decided once: the generator step below advances global_step
         loss_g = out["loss"]
-        if self._adv_active():
+        if adversarial:
             adv_g = self.adv_loss(self.disc(out["recon"].contiguous().float())[-1], target_is_real=True, for_discriminator=False)
             loss_g = loss_g + self.adv_weight * adv_g
             self.log("train/adv_g", adv_g, batch_size=bs)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        self.clip_gradients(opt_g, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-        opt_g.step()
+        self.manual_step(opt_g, loss_g, self.grad_clip)
         self.log("train/loss", loss_g, prog_bar=True, batch_size=bs)
-        if self._adv_active():
+        if adversarial:
             fake = self.disc(out["recon"].detach().contiguous().float())[-1]
             real = self.disc(x.contiguous().float())[-1]
             loss_d = 0.5 * (
                 self.adv_loss(fake, target_is_real=False, for_discriminator=True)
                 + self.adv_loss(real, target_is_real=True, for_discriminator=True)
             )
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            self.clip_gradients(opt_d, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-            opt_d.step()
+            self.manual_step(opt_d, loss_d, self.grad_clip, count=False)
             self.log("train/adv_d", loss_d, batch_size=bs)
 
     def configure_optimizers(self):
@@ -114,25 +111,16 @@ class AutoencoderModule(GenerativeModule):
         return [opt_g, self.build_optimizer(self.d_optimizer_cfg, self.disc.parameters())]
 
     # ----- the fitted latent prior ------------------------------------------------------------------------
-    def on_train_epoch_start(self) -> None:
-        self._moments = None
-
     @torch.no_grad()
     def _accumulate_latents(self, mu: torch.Tensor) -> None:
-        mu = mu.detach().double()
-        stats = torch.stack([torch.full_like(mu[0], mu.shape[0]), mu.sum(0), mu.pow(2).sum(0)])
-        self._moments = stats if self._moments is None else self._moments + stats
-
-    @torch.no_grad()
-    def on_train_epoch_end(self) -> None:
-        if self._moments is None:
-            return
-        stats = self.trainer.strategy.reduce(self._moments, reduce_op="sum")  # all ranks' latents
-        count, total, total_sq = stats
-        mean = total / count
-        var = (total_sq / count - mean.pow(2)).clamp_min(1e-8)
-        self.latent_mean.copy_(mean.float())
-        self.latent_std.copy_(var.sqrt().float())
+        """Running E[z] and E[z^2] of the training latents (per latent element), like batch norm's running stats
+        with a cumulative average first; DDP broadcasts these buffers from rank 0."""
+        self.latent_updates += 1
+        rate = max(self.prior_momentum, 1.0 / float(self.latent_updates))
+        mu = mu.detach().float()
+        self.latent_mean.lerp_(mu.mean(0), rate)
+        self.latent_sq.lerp_(mu.pow(2).mean(0), rate)
+        self.latent_std.copy_((self.latent_sq - self.latent_mean.pow(2)).clamp_min(1e-8).sqrt())
 
     # ----- validation -------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, prefix: str) -> None:
@@ -140,7 +128,6 @@ class AutoencoderModule(GenerativeModule):
         out = self._losses(x)
         recon = self(x).clamp(-1, 1)
         metrics = {
-            f"{prefix}/loss": out["loss"],
             f"{prefix}/l1": out["l1"],
             f"{prefix}/kl": out["kl"],
             f"{prefix}/psnr": psnr(recon, x),

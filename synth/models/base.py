@@ -78,6 +78,24 @@ class GenerativeModule(L.LightningModule):
         return generator.device if generator is not None else self.device
 
     # ----- optimizers and checkpoints ----------------------------------------------------------------------
+    def manual_step(self, opt, loss: torch.Tensor, grad_clip: float | None, count: bool = True) -> None:
+        """Backward, clip, step (manual optimization). `count=False` keeps trainer.global_step where it is, so
+        that a step of an adversarial model (generator + discriminator updates) is one step: max_steps and
+        val_check_interval then mean training batches for every family."""
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if grad_clip:
+            self.clip_gradients(opt, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm")
+        if count:
+            opt.step()
+            return
+        hooks = opt._on_before_step, opt._on_after_step  # Lightning's step counting and profiling around step()
+        opt._on_before_step = opt._on_after_step = lambda: None
+        try:
+            opt.step()
+        finally:
+            opt._on_before_step, opt._on_after_step = hooks
+
     def build_optimizer(self, cfg: Any, params) -> torch.optim.Optimizer:
         return instantiate(cfg)(params=params)
 

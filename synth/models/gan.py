@@ -80,12 +80,6 @@ class GANModule(GenerativeModule):
             self.build_optimizer(self.d_optimizer_cfg, self.discriminator.parameters()),
         ]
 
-    def _step(self, opt, loss: torch.Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-        opt.step()
-
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real = batch["image"]
         n = real.shape[0]
@@ -95,15 +89,23 @@ class GANModule(GenerativeModule):
                 fake = self(self._z(n))
             d_real, d_fake = self.discriminator(real), self.discriminator(fake)
             loss_d = d_loss_fn(self.loss_kind, d_real, d_fake)
-            self._step(opt_d, loss_d)
+            self.manual_step(opt_d, loss_d, self.grad_clip, count=False)
         loss_g = g_loss_fn(self.loss_kind, self.discriminator(self(self._z(n))))
-        self._step(opt_g, loss_g)
+        self.manual_step(opt_g, loss_g, self.grad_clip)
         self.log_dict(
             {"train/loss_d": loss_d, "train/loss_g": loss_g, "train/d_real": d_real.mean(), "train/d_fake": d_fake.mean()},
             prog_bar=True, batch_size=n,
         )
 
     # ----- validation: a set-level signal, since GAN losses do not track quality ---------------------------
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and dm.meta["n_val"] < 2:
+            raise SynthError(
+                f"val/mmd compares sets of images but the validation split holds {dm.meta['n_val']}: "
+                "add subjects or raise the val fraction of data.split"
+            )
+
     def on_validation_epoch_start(self) -> None:
         self._val_real = []
 
@@ -115,8 +117,6 @@ class GANModule(GenerativeModule):
             return
         real = torch.cat(self._val_real)[:256]
         self._val_real = []
-        if len(real) < 2:
-            raise SynthError("the validation split holds fewer than 2 images: add data or raise data.split's val fraction")
         g = torch.Generator(device=self.device).manual_seed(1234)
         fake = self.sample(len(real), generator=g)
         self.log("val/mmd", mmd(real, fake), prog_bar=True, sync_dist=True)
