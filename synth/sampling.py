@@ -38,11 +38,12 @@ def write_samples(
         raise SynthError(f"{out_dir} already holds samples: it is never overwritten, pick another output dir")
     if n < 1 or batch_size < 1:
         raise SynthError(f"n={n} and batch_size={batch_size} must both be >= 1")
+    sampler = {k: v for k, v in sampler.items() if v is not None}
+    model.check_sampling(condition if not isinstance(condition, (list, tuple)) else condition[0], **sampler)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = model.data_meta or {}
     affine = affine_from_meta(meta, model.spatial_dims)
     as_png = is_rgb(meta) and model.spatial_dims == 2
-    sampler = {k: v for k, v in sampler.items() if v is not None}
 
     model.eval()
     device = model.device

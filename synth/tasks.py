@@ -83,9 +83,10 @@ def _instantiate_all(group: DictConfig | None) -> list:
 
 
 def _strategy(cfg: DictConfig):
+    """A configured strategy object (strategy=ddp ...) wins over the trainer's strategy name."""
     if "_target_" in cfg.strategy:
         return instantiate(cfg.strategy)
-    return cfg.strategy.get("name", "auto")
+    return cfg.trainer.get("strategy", "auto")
 
 
 @rank_zero_only

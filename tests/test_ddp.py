@@ -1,12 +1,9 @@
 """DDP without a GPU: trainer=ddp_cpu runs 2 gloo processes through train.py and writes one set of outputs."""
 import json
 
-import pytest
-
 from tests.conftest import TINY, phantom, run_script
 
 
-@pytest.mark.slow
 def test_ddp_cpu_two_processes(tmp_path):
     args = ["model=ddpm", *TINY["ddpm"], *phantom(2, size=16, n=16), "trainer=ddp_cpu", "trainer.max_steps=4",
             "trainer.val_check_interval=2", "callbacks.sample_grid.n=2", "trainer.enable_progress_bar=false"]

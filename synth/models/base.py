@@ -60,6 +60,10 @@ class GenerativeModule(L.LightningModule):
         """Return `n` images `(n, C, *S)` in [-1, 1]."""
         raise NotImplementedError
 
+    def check_sampling(self, condition: Any = None, **sampler) -> None:
+        """Refuse a sampling request before any work starts (generate.py calls this first)."""
+        self._check_conditioning(condition)
+
     def check_divisible(self, factor: int, what: str) -> None:
         """Fail before training when the image cannot pass through `factor`-fold downsampling."""
         bad = [s for s in self.image_shape[1:] if s % factor]

@@ -84,6 +84,10 @@ class DiffusionModule(GenerativeModule):
         sched.set_timesteps(steps, device=self.device)
         return sched
 
+    def check_sampling(self, condition: Any = None, sampler: str | None = None, steps: int | None = None, **_: Any) -> None:
+        super().check_sampling(condition)
+        self.sampling_scheduler(sampler, steps)
+
     @torch.no_grad()
     def sample(
         self,
