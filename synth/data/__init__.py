@@ -6,7 +6,8 @@ subjects; transforms.py normalises/slices/resizes/augments; phantom.py draws pro
 
 from synth.data.datamodule import SynthDataModule, split_subjects
 from synth.data.phantom import make_phantom, write_fake_brats
-from synth.data.sources import MNI152, BraTS, CSVList, Folder, Phantom, Source, Subject, Volume
+from synth.data.readers import Subject, Volume
+from synth.data.sources import MNI152, BraTS, CSVList, Folder, Phantom, Source
 
 __all__ = [
     "SynthDataModule",

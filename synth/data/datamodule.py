@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from synth.data.sources import Source, Subject
+from synth.data.readers import Subject
+from synth.data.sources import Source
 from synth.data.transforms import Augment, Preprocess, Processed
 from synth.errors import SynthError
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from synth.data.sources import Volume
+from synth.data.readers import Volume
 from synth.errors import SynthError
 
 PERCENTILES = (0.5, 99.5)
