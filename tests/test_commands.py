@@ -76,3 +76,14 @@ def test_rgb_folder_samples_are_png(tmp_path):
     _ok(run_script("generate.py", [f"run_dir={run}", "n=2"], cwd=tmp_path))
     png = next((run / "samples").glob("*/sample_00000.png"))
     assert np.asarray(Image.open(png)).shape == (32, 32, 3)
+
+
+def test_all_loggers_offline(tmp_path):
+    res = _ok(run_script("train.py", ["model=vae", "data=phantom", "data.image_size=[32,32]", "logger=many", "trainer.max_steps=4",
+                                      "trainer.val_check_interval=2", "trainer.enable_progress_bar=false"], cwd=tmp_path,
+                         env={"WANDB_API_KEY": "", "WANDB_MODE": "offline"}))
+    run = _runs(tmp_path)[-1]
+    assert "val/loss" in (run / "csv" / "metrics.csv").read_text()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb")), res.stderr[-2000:]
