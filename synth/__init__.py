@@ -13,10 +13,11 @@ __version__ = "0.1.0"
 
 
 def resolve_run_dir(run_dir: str) -> str:
-    """`latest` -> newest run under outputs/train; otherwise the path itself, which must be a run dir."""
+    """`latest` -> newest run under outputs/ (single or multirun); otherwise the path itself, which must be a run dir."""
     path = Path(str(run_dir))
     if str(run_dir) == "latest":
-        runs = sorted(Path("outputs/train").glob("*/config.yaml"), key=lambda p: p.stat().st_mtime)
+        found = [*Path("outputs").glob("train/*/config.yaml"), *Path("outputs").glob("train_multirun/*/*/config.yaml")]
+        runs = sorted(found, key=lambda p: p.stat().st_mtime)
         if not runs:
             _die("run_dir=latest but outputs/train holds no finished run: train one first (python train.py)")
         path = runs[-1].parent
@@ -31,9 +32,9 @@ def _die(message: str) -> None:
     raise SystemExit(2)
 
 
-def default_shape(spatial_dims: int, size_2d: int, size_3d: int) -> list[int]:
+def default_shape(spatial_dims: int, size_2d: int, size_3d: int):
     """The image size a data config uses unless data.image_size is given: square 2D, cubic 3D."""
-    return [int(size_2d)] * 2 if int(spatial_dims) == 2 else [int(size_3d)] * int(spatial_dims)
+    return OmegaConf.create([int(size_2d)] * 2 if int(spatial_dims) == 2 else [int(size_3d)] * int(spatial_dims))
 
 
 OmegaConf.register_new_resolver("len", lambda x: len(x), replace=True)

@@ -113,6 +113,23 @@ def _save_final(trainer) -> None:
     trainer.save_checkpoint(str(Path(cb.dirpath) / "last.ckpt"))  # collective: every rank calls it
 
 
+def _refuse_local_multirun_ddp(cfg: DictConfig) -> None:
+    """Lightning's DDP re-launches the script per rank; inside a local Hydra multirun that re-runs the sweep."""
+    if not HydraConfig.initialized():
+        return
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    local = "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+    devices = cfg.trainer.get("devices", 1)
+    spawns = str(cfg.trainer.get("strategy", "auto")).startswith("ddp") or "_target_" in cfg.strategy
+    if hydra_cfg.mode == RunMode.MULTIRUN and local and spawns and devices not in (1, "1"):
+        raise SynthError(
+            "a local multirun (-m) cannot launch multi-process DDP jobs: run each DDP job on its own, "
+            "without -m (or sweep through a cluster launcher that starts one process per rank)"
+        )
+
+
 def _pin_hydra_run_dir() -> None:
     """Lightning re-launches DDP ranks with `hydra.run.dir=<HydraConfig run.dir>`; that value is an
     interpolation of `now`, so pin it to the dir this job really has or each rank would get its own."""
@@ -126,6 +143,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Compose data, model, trainer from `cfg`; fit; return (metrics, objects)."""
     import lightning as L
 
+    _refuse_local_multirun_ddp(cfg)
     _pin_hydra_run_dir()
     run_dir = Path(cfg.paths.output_dir)
     resume = resolve_resume(cfg.get("ckpt_path"))

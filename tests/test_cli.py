@@ -24,6 +24,7 @@ def test_cfg_job_prints_composed_config(tmp_path):
         (["data=phantom", "data.image_size=[30,30]", "trainer.max_steps=1"], "not divisible by 8"),
         (["data=phantom", "data.resize=bogus"], "data.resize=bogus"),
         (["data=csv", "data.csv_path=missing.csv"], "data.csv_path=missing.csv does not exist"),
+        (["-m", "data=phantom", "trainer=ddp_cpu"], "cannot launch multi-process DDP"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, expect):
@@ -71,7 +72,7 @@ def test_generate_writes_nifti_with_geometry(trained_run, tmp_path):
         (["ckpt=best", "n=1"], None),
         (["condition=1", "n=1"], "unconditional"),
         (["steps=100000", "n=1"], "out of range"),
-        (["sampler=euler", "n=1"], "not a diffusion sampler"),
+        (["sampler=euler", "n=1"], "not a sampler of this model"),
     ],
 )
 def test_generate_refuses_bad_requests(trained_run, tmp_path, args, expect):
@@ -91,3 +92,27 @@ def test_generate_without_checkpoint_fails_cleanly(trained_run, tmp_path):
     res = run_script("generate.py", [f"run_dir={empty}", "n=1"], cwd=tmp_path)
     assert res.returncode == 2 and "no last checkpoint" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides,check",
+    [
+        (["trainer=ddp"], lambda c: c.trainer.strategy == "ddp" and c.trainer.devices == "auto" and c.trainer.accelerator == "gpu"),
+        (["trainer=gpu"], lambda c: c.trainer.precision == "bf16-mixed"),
+        (["trainer=ddp_cpu"], lambda c: c.trainer.devices == 2 and c.trainer.accelerator == "cpu"),
+        (["strategy=ddp"], lambda c: c.strategy._target_.endswith("DDPStrategy")),
+        (["logger=many"], lambda c: set(c.logger) == {"csv", "tensorboard", "wandb"} and c.logger.wandb.offline),
+        (["data=brats", "data.root=/x", "data.source.modalities=[t1,t2,flair]"], lambda c: c.data.channels == 3 and c.model.net.in_channels == 3),
+        (["data=mni152", "data.spatial_dims=3"], lambda c: list(c.data.image_size) == [32, 32, 32] and c.model.net.spatial_dims == 3),
+        (["experiment=mni152_ddpm_hq"], lambda c: list(c.data.image_size) == [128, 128] and c.trainer.max_steps == 30000),
+        (["debug=fdr"], lambda c: c.trainer.fast_dev_run is True),
+    ],
+)
+def test_config_options_compose(tmp_path, overrides, check):
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_train
+
+    cfg = compose_train(tmp_path, overrides)
+    OmegaConf.resolve(cfg)
+    assert check(cfg)

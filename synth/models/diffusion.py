@@ -6,17 +6,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from monai.inferers import DiffusionInferer
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from synth.errors import SynthError
 from synth.models.base import GenerativeModule, build
 
-SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
-_DDPM_ONLY = {"variance_type"}  # scheduler args the DDIM sampler does not take
+_DDPM_ONLY = {"variance_type"}  # scheduler args only the ancestral (DDPM) sampler takes
 
 
 class DiffusionModule(GenerativeModule):
@@ -25,6 +22,8 @@ class DiffusionModule(GenerativeModule):
         net: Any,                 # DiffusionModelUNet config
         scheduler: Any,           # training noise scheduler config (DDPMScheduler)
         optimizer: Any,
+        inferer: Any = None,      # DiffusionInferer config (built with the training scheduler)
+        samplers: Any = None,     # {name: scheduler class path}: the sampling-time choices
         sampler: str = "ddim",    # default sampler at sampling time
         sampling_steps: int = 50, # default steps for the few-step sampler
         **common,
@@ -33,7 +32,8 @@ class DiffusionModule(GenerativeModule):
         self.net = build(net)
         self.scheduler_cfg = OmegaConf.to_container(scheduler, resolve=True) if OmegaConf.is_config(scheduler) else dict(scheduler)
         self.scheduler = instantiate(self.scheduler_cfg)
-        self.inferer = DiffusionInferer(self.scheduler)
+        self.inferer = instantiate(inferer or {"_target_": "monai.inferers.DiffusionInferer"}, scheduler=self.scheduler)
+        self.samplers = dict(samplers or {"ddpm": "monai.networks.schedulers.DDPMScheduler"})
         self.default_sampler = sampler
         self.default_steps = int(sampling_steps)
         self.prediction_type = self.scheduler.prediction_type
@@ -44,7 +44,7 @@ class DiffusionModule(GenerativeModule):
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         t = torch.randint(0, self.scheduler.num_train_timesteps, (x.shape[0],), generator=generator, device=x.device)
         pred = self.inferer(inputs=x, diffusion_model=self.net, noise=noise, timesteps=t)
-        if self.prediction_type == "epsilon":
+        if self.prediction_type == "epsilon":  # what the network learns to predict
             target = noise
         elif self.prediction_type == "v_prediction":
             target = self.scheduler.get_velocity(x, noise, t)
@@ -71,8 +71,8 @@ class DiffusionModule(GenerativeModule):
     def sampling_scheduler(self, sampler: str | None = None, steps: int | None = None):
         """A scheduler of the requested kind with the training noise schedule, its timesteps set."""
         sampler = sampler or self.default_sampler
-        if sampler not in SAMPLERS:
-            raise SynthError(f"sampler={sampler} is not a diffusion sampler: use one of {sorted(SAMPLERS)}")
+        if sampler not in self.samplers:
+            raise SynthError(f"sampler={sampler} is not a sampler of this model: use one of {sorted(self.samplers)}")
         total = self.scheduler.num_train_timesteps
         steps = total if sampler == "ddpm" and steps is None else int(steps or self.default_steps)
         if not 1 <= steps <= total:
@@ -80,7 +80,7 @@ class DiffusionModule(GenerativeModule):
         args = {k: v for k, v in self.scheduler_cfg.items() if k != "_target_"}
         if sampler != "ddpm":
             args = {k: v for k, v in args.items() if k not in _DDPM_ONLY}
-        sched = SAMPLERS[sampler](**args)
+        sched = get_class(self.samplers[sampler])(**args)
         sched.set_timesteps(steps, device=self.device)
         return sched
 
