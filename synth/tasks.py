@@ -157,6 +157,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if int(meta["channels"]) != model.image_shape[0]:
         raise SynthError(f"the data has {meta['channels']} channels but the model was built for {model.image_shape[0]}: set data.channels={meta['channels']}")
     model.data_meta = meta
+    model.check_training_labels()
     _write_json(run_dir / "data_meta.json", meta)
 
     callbacks = _instantiate_all(cfg.get("callbacks"))

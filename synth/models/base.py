@@ -38,6 +38,7 @@ class GenerativeModule(L.LightningModule):
         in_channels: int,            # image channels
         image_size: Sequence[int],   # spatial shape the data module delivers
         optimizer: Any,              # partial optimizer config (_partial_: true)
+        num_classes: int = 0,        # >0: conditional on a class label from the data (0 .. num_classes-1)
     ) -> None:
         super().__init__()
         if len(image_size) != spatial_dims:
@@ -52,6 +53,7 @@ class GenerativeModule(L.LightningModule):
         self.spatial_dims = int(spatial_dims)
         self.image_shape = (int(in_channels), *[int(s) for s in image_size])
         self.optimizer_cfg = optimizer
+        self.num_classes = int(num_classes)
         self.data_meta: dict = {}  # filled by the train task from the data module; saved in checkpoints
 
     # ----- the contract ---------------------------------------------------------------------------------
@@ -74,9 +76,48 @@ class GenerativeModule(L.LightningModule):
                 f"set data.image_size={ok} or use fewer levels"
             )
 
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
     def _check_conditioning(self, condition: Any) -> None:
-        if condition is not None:
-            raise SynthError(f"this {self.family} model is unconditional: drop condition= (or train a conditional model)")
+        if condition is not None and not self.conditional:
+            raise SynthError(f"this {self.name} model is unconditional: drop condition= (or train one with model.num_classes=K)")
+        if self.conditional:
+            self.condition_labels(condition, 1)
+
+    def condition_labels(self, condition: Any, n: int) -> torch.Tensor | None:
+        """`condition` (a class index, a class name, or a list of n of them) -> LongTensor (n,) on the device."""
+        if not self.conditional:
+            return None
+        names = list(self.data_meta.get("class_names") or [])
+        valid = f"0..{self.num_classes - 1}" + (f" or one of {names}" if names else "")
+        if condition is None:
+            raise SynthError(f"this {self.name} model is conditional on {self.num_classes} classes: pass condition=<{valid}> (or a list, one per sample)")
+        items = list(condition) if isinstance(condition, (list, tuple)) else [condition] * n
+        if len(items) != n:
+            raise SynthError(f"condition lists {len(items)} labels for {n} samples: give one label, or exactly n")
+        labels = []
+        for c in items:
+            if isinstance(c, str) and c in names:
+                c = names.index(c)
+            try:
+                c = int(c)
+            except (TypeError, ValueError):
+                c = -1
+            if not 0 <= c < self.num_classes:
+                raise SynthError(f"condition={items[len(labels)]} is not a class of this model: use {valid}")
+            labels.append(c)
+        return torch.tensor(labels, dtype=torch.long, device=self.device)
+
+    def check_training_labels(self) -> None:
+        """A conditional model needs labelled data with as many classes (called by the train task)."""
+        have = int(self.data_meta.get("num_classes", 0))
+        if self.conditional and have != self.num_classes:
+            raise SynthError(
+                f"model.num_classes={self.num_classes} but the data has {have} label classes: "
+                + (f"set model.num_classes={have}" if have else "use data with labels (CSV Label column, phantom, brats) or model.num_classes=0")
+            )
 
     def _noise_device(self, generator: torch.Generator | None) -> torch.device:
         return generator.device if generator is not None else self.device
