@@ -66,15 +66,14 @@ class GenerativeModule(L.LightningModule):
         """Refuse a sampling request before any work starts (generate.py calls this first)."""
         self._check_conditioning(condition)
 
-    def check_divisible(self, factor: int, what: str) -> None:
-        """Fail before training when the image cannot pass through `factor`-fold downsampling."""
-        bad = [s for s in self.image_shape[1:] if s % factor]
-        if bad:
-            ok = [max(factor, round(s / factor) * factor) for s in self.image_shape[1:]]
-            raise SynthError(
-                f"image size {list(self.image_shape[1:])} is not divisible by {factor} ({what}): "
-                f"set data.image_size={ok} or use fewer levels"
-            )
+    def check_divisible(self, factor: int, what: str, shape: Sequence[int] | None = None) -> None:
+        """Fail before training when the image (or latent) cannot pass through `factor`-fold downsampling."""
+        spatial = list((shape or self.image_shape)[1:])
+        if any(s % factor for s in spatial):
+            if shape is not None:
+                raise SynthError(f"the latent size {spatial} is not divisible by {factor} ({what}): use fewer UNet levels (model.net.channels)")
+            ok = [max(factor, round(s / factor) * factor) for s in spatial]
+            raise SynthError(f"image size {spatial} is not divisible by {factor} ({what}): set data.image_size={ok} or use fewer levels")
 
     @property
     def conditional(self) -> bool:
@@ -160,4 +159,5 @@ class GenerativeModule(L.LightningModule):
 
     @property
     def n_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Trained parameters (not EMA copies or frozen parts)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
