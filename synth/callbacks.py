@@ -34,10 +34,17 @@ class SampleGrid(L.Callback):
         if (self._validations - 1) % self.every or not trainer.is_global_zero:
             return
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        kind = "step"
         with torch.no_grad():
-            images = pl_module.sample(self.n, generator=g, progress=False).float().cpu().numpy()
+            if pl_module.can_sample:
+                labels = torch.arange(self.n) % pl_module.num_classes if pl_module.conditional else None  # classes in turn
+                images = pl_module.sample(self.n, condition=None if labels is None else labels.tolist(), generator=g, progress=False)
+            else:  # generates only through another model: show what it reconstructs
+                kind = "recon"
+                images = pl_module.reconstruct(trainer.datamodule.images("val", self.n).to(pl_module.device))
+        images = images.float().cpu().numpy()
         meta = pl_module.data_meta
-        out = self._dir(trainer) / f"step_{trainer.global_step:06d}.png"
+        out = self._dir(trainer) / f"{kind}_{trainer.global_step:06d}.png"
         save_grid(images, out, volume_axes=is_volume_axes(meta), rgb=is_rgb(meta))
         grid = image_grid(images, volume_axes=is_volume_axes(meta), rgb=is_rgb(meta))
         for logger in trainer.loggers:

@@ -39,7 +39,9 @@ def write_samples(
     if n < 1 or batch_size < 1:
         raise SynthError(f"n={n} and batch_size={batch_size} must both be >= 1")
     sampler = {k: v for k, v in sampler.items() if v is not None}
-    model.check_sampling(condition if not isinstance(condition, (list, tuple)) else condition[0], **sampler)
+    if isinstance(condition, (list, tuple)) and len(condition) != n:
+        raise SynthError(f"condition lists {len(condition)} labels for n={n} samples: give one label, or exactly n")
+    model.check_sampling(condition, **sampler)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = model.data_meta or {}
     affine = affine_from_meta(meta, model.spatial_dims)

@@ -152,6 +152,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    if getattr(model, "config_updates", None):  # e.g. the absolute path of an autoencoder run
+        for key, value in model.config_updates.items():
+            OmegaConf.update(cfg, key, value)
+        _start_run_dir(run_dir, cfg, resume)
     datamodule.setup("fit")
     meta = datamodule.meta
     if int(meta["channels"]) != model.image_shape[0]:

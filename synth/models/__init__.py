@@ -3,5 +3,7 @@ from synth.models.autoencoder import AutoencoderModule
 from synth.models.base import GenerativeModule
 from synth.models.diffusion import DiffusionModule
 from synth.models.gan import GANModule
+from synth.models.latent_diffusion import LatentDiffusionModule
+from synth.models.vqvae import VQVAEModule
 
-__all__ = ["AutoencoderModule", "DiffusionModule", "GANModule", "GenerativeModule"]
+__all__ = ["AutoencoderModule", "DiffusionModule", "GANModule", "GenerativeModule", "LatentDiffusionModule", "VQVAEModule"]

@@ -63,6 +63,16 @@ class AutoencoderModule(GenerativeModule):
         """Reconstruction through the mean latent (what evaluation and users see)."""
         return self.net.decode(self.net.encode(x)[0])
 
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).clamp(-1, 1)
+
+    # ----- the autoencoder interface latent diffusion uses ---------------------------------------------------
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[0]
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net.decode(z)
+
     def _losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z, mu, sigma = self.encode(x)
         recon = self.net.decode(z)

@@ -26,6 +26,7 @@ class GenerativeModule(L.LightningModule):
     """Base of the families. Subclasses build their networks from config and implement the steps and `sample`."""
 
     family: str = "generative"
+    can_sample: bool = True  # False: generates only through another model (a VQ-VAE through latent diffusion)
 
     def __init__(
         self,
@@ -83,7 +84,7 @@ class GenerativeModule(L.LightningModule):
         if condition is not None and not self.conditional:
             raise SynthError(f"this {self.name} model is unconditional: drop condition= (or train one with model.num_classes=K)")
         if self.conditional:
-            self.condition_labels(condition, 1)
+            self.condition_labels(condition, len(condition) if isinstance(condition, (list, tuple)) else 1)
 
     def condition_labels(self, condition: Any, n: int) -> torch.Tensor | None:
         """`condition` (a class index, a class name, or a list of n of them) -> LongTensor (n,) on the device."""

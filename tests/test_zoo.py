@@ -1,0 +1,101 @@
+"""The model zoo beyond the spine: VQ-VAE, rectified flow, latent diffusion, EMA, classifier-free guidance."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from synth.errors import SynthError
+from synth.tasks import load_checkpoint, load_run, train
+from tests.conftest import TINY, compose_train, phantom, quick, run_script
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_vqvae_trains_reconstructs_and_refuses_direct_sampling(train_cfg, dims):
+    cfg = train_cfg("vqvae", dims=dims, steps=4, size=16 if dims == 2 else 8, n=12)
+    metrics, objs = train(cfg)
+    model, run = objs["model"], objs["run_dir"]
+    assert "val/psnr" in metrics and list((run / "grids").glob("recon_*.png"))
+    x = objs["datamodule"].images("val", 2)
+    assert model.reconstruct(x).shape == x.shape
+    z = model.encode_latents(x)
+    assert tuple(z.shape[1:]) == model.latent_shape and model.decode_latents(z).shape == x.shape
+    with pytest.raises(SynthError, match="model=ldm"):
+        model.sample(1)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_rflow_trains_and_samples_few_steps(train_cfg, dims):
+    cfg = train_cfg("rflow", dims=dims, steps=4, size=16 if dims == 2 else 8, n=12)
+    _, objs = train(cfg)
+    model = objs["model"]
+    assert model.flow and model.default_sampler == "rflow"
+    out = model.sample(2, steps=3, progress=False)
+    assert out.shape == (2, 1, *[16 if dims == 2 else 8] * dims) and torch.isfinite(out).all()
+    with pytest.raises(SynthError, match="not a sampler of this model"):
+        model.sample(1, sampler="ddim")
+
+
+def test_ema_differs_from_raw_weights_and_is_used_to_sample(train_cfg):
+    cfg = train_cfg("ddpm", ["model.ema_decay=0.9"], steps=6, n=12)
+    _, objs = train(cfg)
+    model = objs["model"].eval()
+    raw = dict(model.net.named_parameters())
+    ema = dict(model.ema.module.named_parameters())
+    assert any(not torch.allclose(raw[k], ema[k]) for k in raw), "EMA weights follow the raw ones with a lag"
+
+    def draw(use_ema):
+        return model.sample(2, generator=torch.Generator().manual_seed(0), steps=3, progress=False, use_ema=use_ema)
+
+    assert torch.equal(model.sample(2, generator=torch.Generator().manual_seed(0), steps=3, progress=False), draw(True))
+    assert not torch.allclose(draw(True), draw(False))
+    state = load_checkpoint(objs["run_dir"] / "checkpoints" / "last.ckpt")
+    assert any(k.startswith("ema.module.") for k in state["state_dict"]), "EMA weights are saved"
+
+
+@pytest.mark.parametrize("ae_model", ["vae", "vqvae"])
+def test_latent_diffusion_on_an_autoencoder_run(tmp_path, ae_model):
+    data = phantom(2, size=16, n=12)
+    ae_cfg = compose_train(tmp_path / "ae", [f"model={ae_model}", *TINY[ae_model], *data, *quick(4)])
+    _, ae = train(ae_cfg)
+    ldm_cfg = compose_train(tmp_path / "ldm", ["model=ldm", *TINY["ldm"], *data, *quick(4), f"model.autoencoder_run={ae['run_dir']}"])
+    _, objs = train(ldm_cfg)
+    model, run = objs["model"], objs["run_dir"]
+    assert float(model.scale_factor) > 0 and model.sample_shape == ae["model"].latent_shape
+    state = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert float(state["state_dict"]["scale_factor"]) == pytest.approx(float(model.scale_factor))
+    assert any(k.startswith("autoencoder.") for k in state["state_dict"])
+    res = run_script("generate.py", [f"run_dir={run}", "n=2", "steps=3"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sample = nib.load(next((run / "samples").glob("*/sample_00000.nii.gz")))
+    assert sample.shape == (16, 16, 1) and np.isfinite(sample.get_fdata()).all()
+
+
+def test_latent_diffusion_refuses_a_non_autoencoder_run(tmp_path):
+    data = phantom(2, size=16, n=12)
+    _, gan = train(compose_train(tmp_path / "gan", ["model=dcgan", *TINY["dcgan"], *phantom(2, size=16, n=20), *quick(2)]))
+    with pytest.raises(Exception, match="latent diffusion needs a vae, ae or vqvae run"):
+        train(compose_train(tmp_path / "ldm", ["model=ldm", *TINY["ldm"], *data, *quick(2), f"model.autoencoder_run={gan['run_dir']}"]))
+    res = run_script("train.py", ["model=ldm", "data=phantom", f"model.autoencoder_run={tmp_path / 'nope'}"], cwd=tmp_path)
+    assert res.returncode == 2 and "is not a run dir" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_conditional_ddpm_with_guidance(train_cfg):
+    cfg = train_cfg("ddpm", ["model.num_classes=2"], steps=4, n=12)
+    _, objs = train(cfg)
+    model = objs["model"]
+    out = model.sample(2, condition=[0, "lesion"], steps=3, progress=False, guidance=2.0)
+    assert out.shape == (2, 1, 16, 16)
+    with pytest.raises(SynthError, match="conditional on 2 classes"):
+        model.sample(1, steps=2)
+    with pytest.raises(SynthError, match="not a class of this model"):
+        model.sample(1, condition=7, steps=2)
+    run = objs["run_dir"]
+    loaded, _ = load_run(run, "last")
+    assert loaded.num_classes == 2 and loaded.data_meta["class_names"] == ["healthy", "lesion"]
+
+
+def test_conditional_model_needs_labelled_data(train_cfg):
+    with pytest.raises(SynthError, match="model.num_classes=3 but the data has 2 label classes"):
+        train(train_cfg("ddpm", ["model.num_classes=3"], steps=2, n=12))
