@@ -371,3 +371,21 @@ def test_user_errors(tmp_path):
         make_dm("phantom", split=[0.5, 0.1, 0.1], setup=False)
     with pytest.raises(SynthError, match="before dm.setup"):
         make_dm("phantom", setup=False).meta
+
+
+def test_brats_labels_follow_the_segmentation(tmp_path):
+    """Conditioning from data: a slice is labelled 1 when the seg file marks tumour in it."""
+    write_fake_brats(tmp_path, n_subjects=4, layout="2021", shape=(32, 32, 24), seed=3)
+    dm = make_dm("brats", image_size=[16, 16], root=str(tmp_path), split=[1.0, 0.0, 0.0], slice_range=[0.0, 1.0])
+    assert dm.meta["num_classes"] == 2 and dm.meta["class_names"] == ["no_tumour", "tumour"]
+    ds = dm.datasets["train"]
+    assert set(np.unique(ds.labels)) == {0, 1}, "both tumour and tumour-free slices"
+    # recompute from the seg files: slice z of subject s is 1 iff its seg has a label there
+    expected = []
+    for sid in dict.fromkeys(ds.ids):
+        seg = nib.as_closest_canonical(nib.load(tmp_path / sid / f"{sid}_seg.nii.gz")).get_fdata()
+        img = nib.as_closest_canonical(nib.load(tmp_path / sid / f"{sid}_t1ce.nii.gz")).get_fdata()
+        zs = [z for z in range(img.shape[2]) if (img[..., z] > img.min()).any()]
+        zs = range(zs[0], zs[-1] + 1)
+        expected += [int((seg[..., z] > 0).any()) for z in zs]
+    assert list(ds.labels) == expected

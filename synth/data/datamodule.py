@@ -22,7 +22,7 @@ from synth.data.transforms import Augment, Preprocess, Processed
 from synth.errors import SynthError
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-item segmentation labels
 
 
 def _plain(x):
@@ -200,7 +200,7 @@ class SynthDataModule(L.LightningDataModule):
             with np.load(path, allow_pickle=False) as z:
                 info = json.loads(str(z["info"]))
                 if info.pop("stamp") == self._stamp(subject):
-                    return Processed(z["items"], **info)
+                    return Processed(z["items"], **info, seg_labels=z["seg_labels"] if "seg_labels" in z else None)
         vol = self.source.load(subject)
         self.n_decoded += 1
         if vol.array.shape[0] != self.channels:
@@ -210,7 +210,8 @@ class SynthDataModule(L.LightningDataModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             info = {"spacing": p.spacing, "thickness": p.thickness, "channel_names": p.channel_names, "origin": p.origin, "source_format": p.source_format, "stamp": self._stamp(subject)}
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-            np.savez(tmp, items=p.items, info=json.dumps(info))
+            extra = {} if p.seg_labels is None else {"seg_labels": p.seg_labels}
+            np.savez(tmp, items=p.items, info=json.dumps(info), **extra)
             os.replace(tmp, path)  # atomic: concurrent ranks never see half a file
         return p
 
@@ -243,7 +244,7 @@ class SynthDataModule(L.LightningDataModule):
                 p = self._process(s)
                 self._info = self._info or p
                 items.append(p.items)
-                labels += [-1 if s.label is None else int(s.label)] * len(p.items)
+                labels += self._item_labels(s, p)
                 item_ids += [s.id] * len(p.items)
                 bar.update()
             images = np.concatenate(items) if items else np.zeros((0, self.channels, *self.image_size), np.float32)
@@ -252,6 +253,12 @@ class SynthDataModule(L.LightningDataModule):
         if len(self.datasets["train"]) == 0:
             raise SynthError(f"data {self.name} produced no training images: check data.slice_range and data.split")
         self._ready = True
+
+    def _item_labels(self, subject: Subject, p: Processed) -> list[int]:
+        """Per-item labels: from the segmentation when the source asks for it, else the subject's label."""
+        if getattr(self.source, "label_from_seg", False):
+            return [int(v) for v in p.seg_labels] if p.seg_labels is not None else [-1] * len(p.items)
+        return [-1 if subject.label is None else int(subject.label)] * len(p.items)
 
     # ------------------------------------------------------------------------------- loaders
     def _loader(self, split: str, train: bool = False) -> DataLoader:

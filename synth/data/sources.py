@@ -179,10 +179,17 @@ BRATS_2023_TO_2021 = {v: k for k, v in BRATS_2021_TO_2023.items()}
 class BraTS(Source):
     """BraTS 2021 (`BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz`) or 2023
     (`BraTS-GLI-XXXXX-XXX/BraTS-GLI-XXXXX-XXX-{t1n,t1c,t2w,t2f,seg}.nii.gz`, any `BraTS-*` prefix)
-    subject folders under `root`, detected per folder. `modalities` may use either naming."""
+    subject folders under `root`, detected per folder. `modalities` may use either naming.
+    With `label_from_seg` (default), each image is labelled by its segmentation: 1 = tumour in the slice
+    (2D) or volume (3D), else 0; a subject without a seg file then has no label (-1)."""
 
-    def __init__(self, root: str | Path, modalities: list[str] = ("t1ce",)):
+    label_from_seg = True
+
+    def __init__(self, root: str | Path, modalities: list[str] = ("t1ce",), label_from_seg: bool = True):
         self.root = Path(root).expanduser()
+        self.label_from_seg = bool(label_from_seg)
+        if self.label_from_seg:
+            self.num_classes, self.class_names = 2, ["no_tumour", "tumour"]
         self.modalities = [str(m) for m in _as_list(modalities)]
         known = sorted(BRATS_2021_TO_2023) + sorted(BRATS_2023_TO_2021)
         for m in self.modalities:

@@ -28,6 +28,7 @@ class Processed:
     channel_names: list[str]
     origin: list[float]
     source_format: str = "nifti"  # see Volume.source_format
+    seg_labels: np.ndarray | None = None  # per item: 1 if the segmentation marks anything in it, else 0
 
 
 def normalize(array: np.ndarray, mode: str, intensity_range=None, name: str = "") -> np.ndarray:
@@ -48,17 +49,21 @@ def normalize(array: np.ndarray, mode: str, intensity_range=None, name: str = ""
     return out
 
 
-def axial_slices(array: np.ndarray, slice_range, step: int, use_all: bool = False) -> np.ndarray:
-    """Slices along the last axis within `slice_range` of the foreground (> -1) extent -> (N, C, X, Y)."""
+def slice_index(array: np.ndarray, slice_range, step: int, use_all: bool = False) -> np.ndarray:
+    """Indices along the last axis within `slice_range` of the foreground (> -1) extent."""
     n = array.shape[-1]
     if use_all:
-        idx = np.arange(0, n, step)
-    else:
-        fg = np.nonzero((array > -1.0 + 1e-3).any(axis=tuple(range(array.ndim - 1))))[0]
-        lo, hi = (fg[0], fg[-1] + 1) if len(fg) else (0, n)
-        a = lo + int(np.floor(slice_range[0] * (hi - lo)))
-        b = max(a + 1, lo + int(np.ceil(slice_range[1] * (hi - lo))))
-        idx = np.arange(a, min(b, n), step)
+        return np.arange(0, n, step)
+    fg = np.nonzero((array > -1.0 + 1e-3).any(axis=tuple(range(array.ndim - 1))))[0]
+    lo, hi = (fg[0], fg[-1] + 1) if len(fg) else (0, n)
+    a = lo + int(np.floor(slice_range[0] * (hi - lo)))
+    b = max(a + 1, lo + int(np.ceil(slice_range[1] * (hi - lo))))
+    return np.arange(a, min(b, n), step)
+
+
+def axial_slices(array: np.ndarray, slice_range, step: int, use_all: bool = False) -> np.ndarray:
+    """Slices along the last axis within `slice_range` of the foreground (> -1) extent -> (N, C, X, Y)."""
+    idx = slice_index(array, slice_range, step, use_all)
     return np.ascontiguousarray(np.moveaxis(array[..., idx], -1, 0))
 
 
@@ -105,18 +110,22 @@ class Preprocess:
         arr = normalize(arr, self.normalize, self.intensity_range, name)
         spacing = [float(s) for s in vol.spacing][:spatial]
         thickness = 1.0
+        seg = None if vol.seg is None else np.asarray(vol.seg)
         if self.spatial_dims == 2 and spatial == 3:
             thickness = spacing[2]
             spacing = spacing[:2]
-            items = axial_slices(arr, self.slice_range, self.slice_step, use_all=presliced)
+            idx = slice_index(arr, self.slice_range, self.slice_step, use_all=presliced)
+            items = np.ascontiguousarray(np.moveaxis(arr[..., idx], -1, 0))
+            seg_labels = None if seg is None else (seg[..., idx] > 0).any(axis=(0, 1)).astype(np.int64)
         else:
             items = arr[None]
+            seg_labels = None if seg is None else np.array([int((seg > 0).any())], dtype=np.int64)
         in_shape = items.shape[2:]
         items = np.stack([self.fit(it, name) for it in items]).astype(np.float32, copy=False)
         if self.resize == "resize":
             spacing = [s * n / o for s, n, o in zip(spacing, in_shape, self.image_size)]
         origin = [float(o) for o in (vol.origin or (0.0, 0.0, 0.0))]
-        return Processed(items, spacing, thickness, list(vol.channel_names), (origin + [0.0] * 3)[:3], vol.source_format)
+        return Processed(items, spacing, thickness, list(vol.channel_names), (origin + [0.0] * 3)[:3], vol.source_format, seg_labels)
 
 
 class Augment:
