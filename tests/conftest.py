@@ -29,7 +29,9 @@ TINY = {
               "model.discriminator.strides=[2,2]"],
 }
 TINY["ae"] = TINY["vae"]
-MODELS = ["ae", "vae", "dcgan", "ddpm"]
+TINY["wgan_gp"] = TINY["dcgan"]
+TINY["rflow"] = [t for t in TINY["ddpm"] if "num_train_timesteps" not in t]
+MODELS = ["ae", "vae", "dcgan", "wgan_gp", "ddpm", "rflow"]
 
 
 def phantom(spatial_dims: int = 2, size: int = 16, n: int = 12, channels: int = 1) -> list[str]:
@@ -74,3 +76,7 @@ def run_script(script: str, args: list[str], cwd: Path, timeout: int = 600, env:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+TINY["vqvae"] = ["model.net.channels=[8,16]", "model.net.num_res_channels=[8,16]", "model.net.num_embeddings=16",
+                 "model.net.embedding_dim=2"]
+TINY["ldm"] = ["model.net.channels=[8,16]", "model.net.attention_levels=[false,true]", "model.net.norm_num_groups=8",
+               "model.net.num_head_channels=8", "model.scheduler.num_train_timesteps=100", "model.sampling_steps=5"]
