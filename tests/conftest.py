@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -80,3 +81,20 @@ TINY["vqvae"] = ["model.net.channels=[8,16]", "model.net.num_res_channels=[8,16]
                  "model.net.embedding_dim=2"]
 TINY["ldm"] = ["model.net.channels=[8,16]", "model.net.attention_levels=[false,true]", "model.net.norm_num_groups=8",
                "model.net.num_head_channels=8", "model.scheduler.num_train_timesteps=100", "model.sampling_steps=5"]
+
+
+@pytest.fixture(scope="session")
+def dark_and_bright(tmp_path_factory) -> Path:
+    """Two classes of 32x32 phantom slices that differ in brightness only: dark in 0..100, bright in 155..255."""
+    from PIL import Image
+
+    from synth.data.phantom import make_phantom
+
+    root = tmp_path_factory.mktemp("two_classes")
+    for cls, lo, hi in [("dark", 0, 100), ("bright", 155, 255)]:
+        (root / cls).mkdir()
+        for i in range(24):
+            img = make_phantom((32, 32), seed=i)["image"][0]
+            img = (img - img.min()) / (img.max() - img.min())
+            Image.fromarray(np.round(lo + img * (hi - lo)).astype(np.uint8)).save(root / cls / f"{i:02d}.png")
+    return root

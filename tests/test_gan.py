@@ -1,7 +1,6 @@
 """GAN family: WGAN-GP (loss, gradient penalty, critic steps) and class-conditional dcgan / wgan_gp."""
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,9 +8,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from PIL import Image
 
-from synth.data.phantom import make_phantom
 from synth.errors import SynthError
 from synth.models.gan import d_loss_fn, g_loss_fn, gradient_penalty
 from synth.tasks import load_run, train
@@ -110,19 +107,6 @@ def test_unconditional_gan_refuses_a_condition(tmp_path):
     assert not m.conditional and m.embed is None
     with pytest.raises(SynthError, match="unconditional"):
         m.sample(2, condition=1)
-
-
-@pytest.fixture(scope="module")
-def dark_and_bright(tmp_path_factory) -> Path:
-    """Two classes of 32x32 phantom slices that differ in brightness only: dark in 0..100, bright in 155..255."""
-    root = tmp_path_factory.mktemp("two_classes")
-    for cls, lo, hi in [("dark", 0, 100), ("bright", 155, 255)]:
-        (root / cls).mkdir()
-        for i in range(24):
-            img = make_phantom((32, 32), seed=i)["image"][0]
-            img = (img - img.min()) / (img.max() - img.min())
-            Image.fromarray(np.round(lo + img * (hi - lo)).astype(np.uint8)).save(root / cls / f"{i:02d}.png")
-    return root
 
 
 @pytest.mark.parametrize("model", ["dcgan", "wgan_gp"])
