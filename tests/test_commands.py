@@ -87,3 +87,23 @@ def test_all_loggers_offline(tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb")), res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("model", ["ae", "vae", "vqvae", "dcgan", "wgan_gp", "ddpm", "rflow", "ldm"])
+def test_default_model_configs_train_on_phantom(tmp_path, model, dims):
+    """`python train.py model=<m> data=phantom [data.spatial_dims=3]` with the default (not tiny) networks."""
+    from synth.tasks import train
+    from tests.conftest import compose_train
+
+    base = ["data=phantom", f"data.spatial_dims={dims}", "data.batch_size=4", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "callbacks.sample_grid.n=2"]
+    extra = ["model.sampling_steps=2"] if model in ("ddpm", "rflow", "ldm") else []
+    if model == "ldm":
+        _, ae = train(compose_train(tmp_path / "ae", ["model=vae", *base]))
+        extra += [f"model.autoencoder_run={ae['run_dir']}"]
+    _, objs = train(compose_train(tmp_path / "m", [f"model={model}", *base, *extra]))
+    assert objs["trainer"].global_step == 2
+    if objs["model"].can_sample:
+        out = objs["model"].sample(1, steps=2, progress=False)
+        assert out.shape == (1, 1, *[64 if dims == 2 else 32] * dims)
