@@ -120,6 +120,10 @@ class AutoencoderModule(GenerativeModule):
             return opt_g
         return [opt_g, self.build_optimizer(self.d_optimizer_cfg, self.disc.parameters())]
 
+    def on_fit_start(self) -> None:
+        if self.disc is not None:
+            self.require_unused_parameters_under_ddp("an adversarial autoencoder")
+
     # ----- the fitted latent prior ------------------------------------------------------------------------
     @torch.no_grad()
     def _accumulate_latents(self, mu: torch.Tensor) -> None:

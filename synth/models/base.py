@@ -122,6 +122,16 @@ class GenerativeModule(L.LightningModule):
     def _noise_device(self, generator: torch.Generator | None) -> torch.device:
         return generator.device if generator is not None else self.device
 
+    def require_unused_parameters_under_ddp(self, what: str) -> None:
+        """Adversarial models step two networks in separate backward passes, each leaving the other's
+        parameters unused, which DDP allows only with find_unused_parameters."""
+        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)  # set by Lightning's DDPStrategy
+        if ddp_kwargs is not None and not ddp_kwargs.get("find_unused_parameters"):
+            raise SynthError(
+                f"{what} updates two networks in separate backward passes, which DDP allows only with find_unused_parameters: "
+                "add trainer.strategy=ddp_find_unused_parameters_true (or strategy=ddp strategy.find_unused_parameters=true)"
+            )
+
     # ----- optimizers and checkpoints ----------------------------------------------------------------------
     def manual_step(self, opt, loss: torch.Tensor, grad_clip: float | None, count: bool = True) -> None:
         """Backward, clip, step (manual optimization). `count=False` keeps trainer.global_step where it is, so

@@ -154,13 +154,7 @@ class GANModule(GenerativeModule):
 
     # ----- checks before fit, and validation: a set-level signal, since GAN losses do not track quality -----
     def on_fit_start(self) -> None:
-        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)  # set by Lightning's DDPStrategy
-        if ddp_kwargs is not None and not ddp_kwargs.get("find_unused_parameters"):
-            raise SynthError(
-                "a GAN updates its discriminator and its generator in separate backward passes, each leaving the other's "
-                "parameters unused, which DDP allows only with find_unused_parameters: add "
-                "trainer.strategy=ddp_find_unused_parameters_true (or strategy=ddp strategy.find_unused_parameters=true)"
-            )
+        self.require_unused_parameters_under_ddp("a GAN")
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and dm.meta["n_val"] < 2:
             raise SynthError(
