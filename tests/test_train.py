@@ -98,3 +98,13 @@ def test_adversarial_autoencoder_trains(train_cfg):
     _, objs = train(cfg)
     df = pd.read_csv(objs["run_dir"] / "csv" / "metrics.csv")
     assert df["train/adv_d"].dropna().size == 2, "discriminator steps only after the warm-up"
+
+
+def test_test_split_and_samples_after_training(train_cfg):
+    cfg = train_cfg("vae", ["test_after=true", "sample_after=3"], steps=4, n=12)
+    metrics, objs = train(cfg)
+    run = objs["run_dir"]
+    assert "test/psnr" in metrics and "test/loss" in json.loads((run / "run.json").read_text())["metrics"]
+    out = run / "samples" / "after_training"
+    assert sorted(p.name for p in out.glob("sample_*.nii.gz")) == [f"sample_{i:05d}.nii.gz" for i in range(3)]
+    assert (out / "grid.png").is_file() and json.loads((out / "samples.json").read_text())["n"] == 3
