@@ -1,0 +1,328 @@
+"""SynthDataModule: subject-level split, one-time decode + preprocess into an in-memory (optionally disk)
+cache, dataloaders of `{"image", "label", "subject_id"}` batches, and `meta` (geometry, channels, counts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from synth.data.readers import Subject
+from synth.data.sources import Source
+from synth.data.transforms import Augment, Preprocess, Processed
+from synth.errors import SynthError
+
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 2  # 2: per-item segmentation labels
+
+
+def _plain(x):
+    """ListConfig/DictConfig/tuple -> plain Python containers."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(x, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(x, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return list(x) if isinstance(x, tuple) else x
+
+
+def split_subjects(subjects: list[Subject], fractions, seed: int) -> dict[str, list[Subject]]:
+    """Shuffle with numpy Generator(seed) and cut by fractions; every split with a fraction > 0 gets >= 1 subject."""
+    n = len(subjects)
+    need = sum(f > 0 for f in fractions)
+    if n < need:
+        raise SynthError(f"only {n} subject(s) for a {need}-way split data.split={list(fractions)}: add subjects (>= {need}) or set data.split=[1.0, 0.0, 0.0]")
+    order = np.random.default_rng(seed).permutation(n)
+    counts = [int(round(f * n)) for f in fractions]
+    for i in (1, 2):
+        if fractions[i] > 0:
+            counts[i] = max(1, counts[i])
+    counts[0] = n - counts[1] - counts[2]
+    while counts[0] < (1 if fractions[0] > 0 else 0):  # take back from the larger held-out split
+        j = 1 if counts[1] >= counts[2] else 2
+        counts[j] -= 1
+        counts[0] += 1
+    cuts = np.cumsum([0] + counts)
+    return {s: [subjects[k] for k in order[cuts[i] : cuts[i + 1]]] for i, s in enumerate(SPLITS)}
+
+
+class ItemDataset(Dataset):
+    """Cached items of one split (picklable: numpy arrays + torchio transforms)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: list[str], augment: Augment | None = None):
+        self.images, self.labels, self.ids, self.augment = images, labels, ids, augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        image = torch.from_numpy(np.array(self.images[i], dtype=np.float32))
+        if self.augment is not None:
+            image = self.augment(image)
+        return {"image": image, "label": torch.tensor(int(self.labels[i]), dtype=torch.long), "subject_id": self.ids[i]}
+
+
+class LazyDataset(Dataset):
+    """cache=none: decodes and preprocesses a subject on every access (one item per subject)."""
+
+    def __init__(self, source: Source, subjects: list[Subject], preprocess: Preprocess, augment: Augment | None = None):
+        self.source, self.subjects, self.preprocess, self.augment = source, subjects, preprocess, augment
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.subjects[i]
+        items = self.preprocess(self.source.load(s), s.id, s.extra.get("presliced", False)).items
+        image = torch.from_numpy(items[0])
+        if self.augment is not None:
+            image = self.augment(image)
+        label = -1 if s.label is None else int(s.label)
+        return {"image": image, "label": torch.tensor(label, dtype=torch.long), "subject_id": s.id}
+
+
+class SynthDataModule(L.LightningDataModule):
+    """Generic DataModule over any `Source` (see conf/data/*.yaml for the meaning of every argument)."""
+
+    def __init__(
+        self,
+        source: Source,
+        name: str = "data",
+        spatial_dims: int = 2,
+        channels: int = 1,
+        image_size=(64, 64),
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 42,
+        split=(0.8, 0.1, 0.1),  # train/val/test fractions, by subject
+        resize: str = "resize",  # resize | crop_pad | none
+        normalize: str = "percentile",  # percentile | fixed
+        intensity_range=None,  # [lo, hi] for normalize=fixed
+        slice_range=(0.2, 0.8),  # 2D from 3D: fraction of the foreground z-extent
+        slice_step: int = 1,
+        augment=(),  # torchio transforms (or their configs), train only
+        cache: str = "memory",  # memory | disk | none
+        cache_dir=None,
+        root=None,  # where the data lives (brats, folder); the source reads it via ${data.root}
+        csv_path=None,  # the data list (csv); the source reads it via ${data.csv_path}
+    ):
+        super().__init__()
+        self.source = source
+        self.name = str(name)
+        self.location = None if root is None and csv_path is None else str(root if root is not None else csv_path)
+        self.spatial_dims = int(spatial_dims)
+        self.channels = int(channels)
+        self.image_size = [int(s) for s in _plain(image_size)]
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.seed = int(seed)
+        self.split = [float(f) for f in _plain(split)]
+        self.cache = str(cache)
+        self.cache_dir = None if cache_dir is None else Path(str(cache_dir)).expanduser()
+        intensity_range = _plain(intensity_range)
+        slice_range = [float(f) for f in _plain(slice_range)]
+        self._check(resize, normalize, intensity_range, slice_range, int(slice_step))
+        self.preprocess = Preprocess(self.spatial_dims, self.image_size, resize, normalize, intensity_range, slice_range, int(slice_step))
+        self.augment = Augment(self._instantiate(augment))
+        self.n_decoded = 0  # source.load calls made by this DataModule (cache hits do not count)
+        self.datasets: dict[str, Dataset] = {}
+        self.subjects: dict[str, list[Subject]] = {}
+        self._info: Processed | None = None
+        self._ready = False
+
+    def _check(self, resize, normalize, intensity_range, slice_range, slice_step) -> None:
+        def bad(key, value, fix):
+            raise SynthError(f"data.{key}={value} {fix}")
+
+        if self.spatial_dims not in (2, 3):
+            bad("spatial_dims", self.spatial_dims, "is not 2 or 3: set data.spatial_dims=2 or 3")
+        if len(self.image_size) != self.spatial_dims or min(self.image_size) < 1:
+            bad("image_size", self.image_size, f"needs {self.spatial_dims} positive sizes for spatial_dims={self.spatial_dims}: e.g. data.image_size=[{','.join(['64'] * self.spatial_dims)}]")
+        if self.channels < 1:
+            bad("channels", self.channels, "must be >= 1: set data.channels to the number of image channels")
+        if resize not in ("resize", "crop_pad", "none"):
+            bad("resize", resize, "is not one of resize, crop_pad, none: set data.resize=resize")
+        if normalize not in ("percentile", "fixed"):
+            bad("normalize", normalize, "is not percentile or fixed: set data.normalize=percentile")
+        if normalize == "fixed" and (intensity_range is None or len(intensity_range) != 2 or intensity_range[0] >= intensity_range[1]):
+            bad("intensity_range", intensity_range, "must be [low, high] with low < high for normalize=fixed: e.g. data.intensity_range=[0,255]")
+        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
+            bad("split", self.split, "must be 3 non-negative fractions summing to 1: e.g. data.split=[0.8,0.1,0.1]")
+        if len(slice_range) != 2 or not 0 <= slice_range[0] < slice_range[1] <= 1:
+            bad("slice_range", slice_range, "must be [a, b] with 0 <= a < b <= 1: e.g. data.slice_range=[0.2,0.8]")
+        if slice_step < 1:
+            bad("slice_step", slice_step, "must be >= 1: set data.slice_step=1")
+        if self.cache not in ("memory", "disk", "none"):
+            bad("cache", self.cache, "is not one of memory, disk, none: set data.cache=memory")
+        if self.cache == "disk" and self.cache_dir is None:
+            bad("cache_dir", None, "is needed for cache=disk: set data.cache_dir=/some/folder")
+
+    @staticmethod
+    def _instantiate(augment) -> list:
+        from hydra.utils import instantiate
+        from omegaconf import DictConfig
+
+        out = []
+        for t in augment or []:
+            out.append(instantiate(t) if isinstance(t, (dict, DictConfig)) else t)
+        return out
+
+    # ------------------------------------------------------------------------------- loading
+    def cache_key(self) -> str:
+        blob = json.dumps({"v": CACHE_VERSION, "source": self.source.cache_key(), "preprocess": self.preprocess.config()}, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def _cache_file(self, subject: Subject) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", subject.id)
+        return self.cache_dir / f"{self.name}-{self.cache_key()}" / f"{safe}.npz"
+
+    @staticmethod
+    def _stamp(subject: Subject) -> list:
+        return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in (subject.paths or [])]
+
+    def _process(self, subject: Subject) -> Processed:
+        """Items of one subject: from the disk cache when valid, else decode (counted) + preprocess."""
+        path = self._cache_file(subject) if self.cache == "disk" else None
+        if path is not None and path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                info = json.loads(str(z["info"]))
+                if info.pop("stamp") == self._stamp(subject):
+                    return Processed(z["items"], **info, seg_labels=z["seg_labels"] if "seg_labels" in z else None)
+        vol = self.source.load(subject)
+        self.n_decoded += 1
+        if vol.array.shape[0] != self.channels:
+            raise SynthError(f"subject {subject.id} has {vol.array.shape[0]} channel(s) but data.channels={self.channels}: set data.channels={vol.array.shape[0]}")
+        p = self.preprocess(vol, subject.id, subject.extra.get("presliced", False))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            info = {"spacing": p.spacing, "thickness": p.thickness, "channel_names": p.channel_names, "origin": p.origin, "source_format": p.source_format, "stamp": self._stamp(subject)}
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+            extra = {} if p.seg_labels is None else {"seg_labels": p.seg_labels}
+            np.savez(tmp, items=p.items, info=json.dumps(info), **extra)
+            os.replace(tmp, path)  # atomic: concurrent ranks never see half a file
+        return p
+
+    def setup(self, stage: str | None = None) -> None:
+        """Split subjects and decode/preprocess every split once (idempotent)."""
+        if self._ready:
+            return
+        from tqdm.auto import tqdm
+
+        subjects = self.source.subjects()
+        if not subjects:
+            raise SynthError(f"data source {type(self.source).__name__} found no subjects: check data.source settings")
+        ids = [s.id for s in subjects]
+        if len(set(ids)) != len(ids):
+            raise SynthError(f"data source {type(self.source).__name__} lists duplicate subject ids: make SubjectID values unique")
+        self.subjects = split_subjects(subjects, self.split, self.seed)
+        augment = self.augment if self.augment.transform is not None else None
+        if self.cache == "none":
+            self._info = self._process(self.subjects["train"][0] if self.subjects["train"] else subjects[0])
+            if len(self._info.items) != 1:
+                raise SynthError("data.cache=none serves one item per subject but these volumes are sliced into 2D items: set data.cache=memory")
+            for s in SPLITS:
+                self.datasets[s] = LazyDataset(self.source, self.subjects[s], self.preprocess, augment if s == "train" else None)
+            self._ready = True
+            return
+        bar = tqdm(total=len(subjects), desc=f"loading {self.name}", disable=not sys.stderr.isatty(), leave=False)
+        for split in SPLITS:
+            items, labels, item_ids = [], [], []
+            for s in self.subjects[split]:
+                p = self._process(s)
+                self._info = self._info or p
+                items.append(p.items)
+                labels += self._item_labels(s, p)
+                item_ids += [s.id] * len(p.items)
+                bar.update()
+            images = np.concatenate(items) if items else np.zeros((0, self.channels, *self.image_size), np.float32)
+            self.datasets[split] = ItemDataset(images, np.asarray(labels, np.int64), item_ids, augment if split == "train" else None)
+        bar.close()
+        if len(self.datasets["train"]) == 0:
+            raise SynthError(f"data {self.name} produced no training images: check data.slice_range and data.split")
+        self._ready = True
+
+    def _item_labels(self, subject: Subject, p: Processed) -> list[int]:
+        """Per-item labels: from the segmentation when the source asks for it, else the subject's label."""
+        if getattr(self.source, "label_from_seg", False):
+            return [int(v) for v in p.seg_labels] if p.seg_labels is not None else [-1] * len(p.items)
+        return [-1 if subject.label is None else int(subject.label)] * len(p.items)
+
+    # ------------------------------------------------------------------------------- loaders
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        self.setup()
+        ds = self.datasets[split]
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def images(self, split: str = "train", n: int | None = None) -> torch.Tensor:
+        """The first n un-augmented images of a split stacked as (n, C, *S)."""
+        self.setup()
+        if split not in SPLITS:
+            raise SynthError(f"split={split} is not one of {list(SPLITS)}: pass train, val or test")
+        ds = self.datasets[split]
+        count = len(ds) if n is None else min(int(n), len(ds))
+        if isinstance(ds, ItemDataset):
+            return torch.from_numpy(np.array(ds.images[:count], dtype=np.float32))
+        plain = LazyDataset(ds.source, ds.subjects, ds.preprocess)
+        return torch.stack([plain[i]["image"] for i in range(count)]) if count else torch.zeros(0, self.channels, *self.image_size)
+
+    def train_images(self, n: int | None = None) -> torch.Tensor:
+        return self.images("train", n)
+
+    @property
+    def meta(self) -> dict:
+        """Geometry, channels, labels and split sizes (JSON-serialisable); valid after setup()."""
+        if self._info is None:
+            raise SynthError("dm.meta was read before dm.setup(): call setup() first")
+        info = self._info
+        spacing = [float(s) for s in info.spacing]
+        affine = np.diag(spacing + ([info.thickness] if self.spatial_dims == 2 else []) + [1.0])
+        affine[:3, 3] = info.origin[:3]
+        out = {
+            "name": self.name,
+            "spatial_dims": self.spatial_dims,
+            "channels": self.channels,
+            "image_size": list(self.image_size),
+            "spacing": spacing,
+            "affine": affine.tolist(),
+            "channel_names": list(info.channel_names),
+            "num_classes": int(self.source.num_classes),
+            "n_train": len(self.datasets["train"]),
+            "n_val": len(self.datasets["val"]),
+            "n_test": len(self.datasets["test"]),
+            "intensity_range": [-1.0, 1.0],
+            "source_format": info.source_format,
+            "location": self.location,
+        }
+        if self.source.class_names:
+            out["class_names"] = list(self.source.class_names)
+        return out

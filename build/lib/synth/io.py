@@ -1,0 +1,102 @@
+"""Writing images with their geometry: NIfTI (spacing/affine from the data), PNG for RGB 2D data, and PNG
+grids for looking at many samples at once (mid axial slices for 3D). Every write is atomic."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+
+def _atomic(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def affine_from_meta(meta: dict, spatial_dims: int) -> np.ndarray:
+    """4x4 affine of the output images: the data's (after resizing) or diag(spacing)."""
+    if meta.get("affine") is not None:
+        return np.asarray(meta["affine"], dtype=np.float64)
+    spacing = list(meta.get("spacing") or [1.0] * spatial_dims)
+    return np.diag([*spacing, *[1.0] * (3 - len(spacing)), 1.0])
+
+
+def save_nifti(image: np.ndarray, path: Path, affine: np.ndarray) -> Path:
+    """`image` is (C, X, Y) or (C, X, Y, Z) float; written as X,Y[,Z][,C] float32 (2D gets a singleton Z)."""
+    data = np.asarray(image, dtype=np.float32)
+    if data.ndim == 3:
+        data = data[..., None]
+    data = np.moveaxis(data, 0, -1)  # channels last, as NIfTI stores them
+    if data.shape[-1] == 1:
+        data = data[..., 0]
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    return _atomic(path, lambda tmp: nib.save(img, tmp))
+
+
+def to_uint8(image: np.ndarray, value_range: Sequence[float] = (-1.0, 1.0)) -> np.ndarray:
+    lo, hi = value_range
+    return (np.clip((np.asarray(image, dtype=np.float32) - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+
+
+def save_png(image: np.ndarray, path: Path) -> Path:
+    """`image` (C, H, W) in [-1, 1]; C = 1 (grey) or 3 (RGB), rows = H as the source PNG had them."""
+    arr = to_uint8(image)
+    arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr[:3], 0, -1)
+    return _atomic(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+
+
+def display_plane(image: np.ndarray, volume_axes: bool) -> np.ndarray:
+    """(C, *S) -> (C, rows, cols) for display: mid axial slice for 3D; NIfTI axes (x, y) turned so that
+    anterior is up and patient right is on the right (neurological view)."""
+    img = np.asarray(image)
+    if img.ndim == 4:
+        img = img[..., img.shape[-1] // 2]
+    if volume_axes:
+        img = np.flip(np.swapaxes(img, 1, 2), axis=1)
+    return img
+
+
+def image_grid(images: np.ndarray, volume_axes: bool = True, rgb: bool = False, pad: int = 2) -> np.ndarray:
+    """(N, C, *S) in [-1, 1] -> uint8 grid (rows, cols) or (rows, cols, 3); first channel unless rgb."""
+    planes = [display_plane(im, volume_axes) for im in images]
+    planes = [p[:3] if rgb and p.shape[0] >= 3 else p[:1] for p in planes]
+    n = len(planes)
+    ncol = int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    c, h, w = planes[0].shape
+    grid = np.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), -1.0, dtype=np.float32)
+    for i, p in enumerate(planes):
+        r, k = divmod(i, ncol)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = p
+    out = to_uint8(grid)
+    return out[0] if c == 1 else np.moveaxis(out, 0, -1)
+
+
+def save_grid(images: np.ndarray, path: Path, volume_axes: bool = True, rgb: bool = False, scale: int = 2) -> Path:
+    grid = Image.fromarray(image_grid(images, volume_axes=volume_axes, rgb=rgb))
+    if scale > 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    return _atomic(path, lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def is_rgb(meta: dict) -> bool:
+    return [c.upper() for c in meta.get("channel_names", [])][:3] == ["R", "G", "B"]
+
+
+def is_volume_axes(meta: dict) -> bool:
+    """True when arrays follow NIfTI axes (x, y[, z]); False for images read from PNG/JPG/TIFF (rows, cols)."""
+    return meta.get("source_format", "nifti") == "nifti"

@@ -1,0 +1,174 @@
+"""What every family shares: image geometry, the `sample` contract, optimizers from config, shape checks,
+and the metadata (family, data geometry) that travels inside every checkpoint."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
+
+from synth.errors import SynthError
+
+
+def build(cfg: Any, **overrides: Any) -> Any:
+    """Instantiate a network config as plain Python values; MONAI wants `(name, {args})` layer specs as tuples."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    for key in ("act", "norm", "dropout"):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = tuple(cfg[key])
+    target = get_class(cfg.pop("_target_"))
+    return target(**{**cfg, **overrides})
+
+
+class GenerativeModule(L.LightningModule):
+    """Base of the families. Subclasses build their networks from config and implement the steps and `sample`."""
+
+    family: str = "generative"
+    can_sample: bool = True  # False: generates only through another model (a VQ-VAE through latent diffusion)
+
+    def __init__(
+        self,
+        *,
+        name: str,                   # the model config's name (ddpm, vae, ...)
+        family: str,                 # autoencoder | gan | diffusion (recorded in checkpoints)
+        monitor: str,                # metric the best checkpoint is chosen by
+        monitor_mode: str,           # min | max
+        spatial_dims: int,           # 2 or 3
+        in_channels: int,            # image channels
+        image_size: Sequence[int],   # spatial shape the data module delivers
+        optimizer: Any,              # partial optimizer config (_partial_: true)
+        num_classes: int = 0,        # >0: conditional on a class label from the data (0 .. num_classes-1)
+    ) -> None:
+        super().__init__()
+        if len(image_size) != spatial_dims:
+            raise SynthError(
+                f"data.image_size={list(image_size)} has {len(image_size)} numbers but data.spatial_dims={spatial_dims}: "
+                f"give {spatial_dims} sizes, e.g. data.image_size=[{','.join(['64'] * spatial_dims)}]"
+            )
+        self.name = name
+        self.family = family
+        self.monitor = monitor
+        self.monitor_mode = monitor_mode
+        self.spatial_dims = int(spatial_dims)
+        self.image_shape = (int(in_channels), *[int(s) for s in image_size])
+        self.optimizer_cfg = optimizer
+        self.num_classes = int(num_classes)
+        self.data_meta: dict = {}  # filled by the train task from the data module; saved in checkpoints
+
+    # ----- the contract ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, condition: Any = None, generator: torch.Generator | None = None, **sampler) -> torch.Tensor:
+        """Return `n` images `(n, C, *S)` in [-1, 1]."""
+        raise NotImplementedError
+
+    def check_sampling(self, condition: Any = None, **sampler) -> None:
+        """Refuse a sampling request before any work starts (generate.py calls this first)."""
+        self._check_conditioning(condition)
+
+    def check_divisible(self, factor: int, what: str, shape: Sequence[int] | None = None) -> None:
+        """Fail before training when the image (or latent) cannot pass through `factor`-fold downsampling."""
+        spatial = list((shape or self.image_shape)[1:])
+        if any(s % factor for s in spatial):
+            if shape is not None:
+                raise SynthError(f"the latent size {spatial} is not divisible by {factor} ({what}): use fewer UNet levels (model.net.channels)")
+            ok = [max(factor, round(s / factor) * factor) for s in spatial]
+            raise SynthError(f"image size {spatial} is not divisible by {factor} ({what}): set data.image_size={ok} or use fewer levels")
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def _check_conditioning(self, condition: Any) -> None:
+        if condition is not None and not self.conditional:
+            raise SynthError(f"this {self.name} model is unconditional: drop condition= (or train one with model.num_classes=K)")
+        if self.conditional:
+            self.condition_labels(condition, len(condition) if isinstance(condition, (list, tuple)) else 1)
+
+    def condition_labels(self, condition: Any, n: int) -> torch.Tensor | None:
+        """`condition` (a class index, a class name, or a list of n of them) -> LongTensor (n,) on the device."""
+        if not self.conditional:
+            return None
+        names = list(self.data_meta.get("class_names") or [])
+        valid = f"0..{self.num_classes - 1}" + (f" or one of {names}" if names else "")
+        if condition is None:
+            raise SynthError(f"this {self.name} model is conditional on {self.num_classes} classes: pass condition=<{valid}> (or a list, one per sample)")
+        items = list(condition) if isinstance(condition, (list, tuple)) else [condition] * n
+        if len(items) != n:
+            raise SynthError(f"condition lists {len(items)} labels for {n} samples: give one label, or exactly n")
+        labels = []
+        for c in items:
+            if isinstance(c, str) and c in names:
+                c = names.index(c)
+            try:
+                c = int(c)
+            except (TypeError, ValueError):
+                c = -1
+            if not 0 <= c < self.num_classes:
+                raise SynthError(f"condition={items[len(labels)]} is not a class of this model: use {valid}")
+            labels.append(c)
+        return torch.tensor(labels, dtype=torch.long, device=self.device)
+
+    def check_training_labels(self) -> None:
+        """A conditional model needs labelled data with as many classes (called by the train task)."""
+        have = int(self.data_meta.get("num_classes", 0))
+        if self.conditional and have != self.num_classes:
+            raise SynthError(
+                f"model.num_classes={self.num_classes} but the data has {have} label classes: "
+                + (f"set model.num_classes={have}" if have else "use data with labels (CSV Label column, phantom, brats) or model.num_classes=0")
+            )
+
+    def _noise_device(self, generator: torch.Generator | None) -> torch.device:
+        return generator.device if generator is not None else self.device
+
+    def require_unused_parameters_under_ddp(self, what: str) -> None:
+        """Adversarial models step two networks in separate backward passes, each leaving the other's
+        parameters unused, which DDP allows only with find_unused_parameters."""
+        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)  # set by Lightning's DDPStrategy
+        if ddp_kwargs is not None and not ddp_kwargs.get("find_unused_parameters"):
+            raise SynthError(
+                f"{what} updates two networks in separate backward passes, which DDP allows only with find_unused_parameters: "
+                "add trainer.strategy=ddp_find_unused_parameters_true (or strategy=ddp strategy.find_unused_parameters=true)"
+            )
+
+    # ----- optimizers and checkpoints ----------------------------------------------------------------------
+    def manual_step(self, opt, loss: torch.Tensor, grad_clip: float | None, count: bool = True) -> None:
+        """Backward, clip, step (manual optimization). `count=False` keeps trainer.global_step where it is, so
+        that a step of an adversarial model (generator + discriminator updates) is one step: max_steps and
+        val_check_interval then mean training batches for every family."""
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if grad_clip:
+            self.clip_gradients(opt, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm")
+        if count:
+            opt.step()
+            return
+        hooks = opt._on_before_step, opt._on_after_step  # Lightning's step counting and profiling around step()
+        opt._on_before_step = opt._on_after_step = lambda: None
+        try:
+            opt.step()
+        finally:
+            opt._on_before_step, opt._on_after_step = hooks
+
+    def build_optimizer(self, cfg: Any, params) -> torch.optim.Optimizer:
+        return instantiate(cfg)(params=params)
+
+    def configure_optimizers(self):
+        return self.build_optimizer(self.optimizer_cfg, self.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["synth"] = {
+            "family": self.family,
+            "model": self.name,
+            "image_shape": list(self.image_shape),
+            "data_meta": self.data_meta,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.data_meta = checkpoint.get("synth", {}).get("data_meta", self.data_meta)
+
+    @property
+    def n_parameters(self) -> int:
+        """Trained parameters (not EMA copies or frozen parts)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,76 @@
+"""Latent diffusion: a diffusion UNet trained on the latents of a frozen autoencoder run (vae, ae or vqvae).
+The latent scale factor is measured once at fit start (averaged over ranks) and kept in the checkpoint,
+as is a copy of the autoencoder's weights, so sampling decodes with exactly what training encoded with."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from synth.errors import SynthError
+from synth.models.diffusion import DiffusionModule
+
+
+def load_autoencoder(run_dir: str, image_shape: tuple[int, ...]):
+    """The trained autoencoder of `run_dir` (best checkpoint, else last), checked against this run's data."""
+    from synth.tasks import load_run  # late: tasks builds models
+
+    if run_dir in (None, "", "???") or not Path(str(run_dir)).is_dir():
+        raise SynthError(f"model.autoencoder_run={run_dir} is not a run dir: train one first (python train.py model=vae ...) and pass its dir")
+    run = Path(str(run_dir)).resolve()
+    if not (run / "config.yaml").is_file():
+        raise SynthError(f"model.autoencoder_run={run_dir} is not a synth run dir (no config.yaml): pass the dir of a vae, ae or vqvae run")
+    family = OmegaConf.load(run / "config.yaml").model.get("family")
+    if family != "autoencoder":
+        raise SynthError(f"model.autoencoder_run={run_dir} is a {family} run: latent diffusion needs a vae, ae or vqvae run")
+    which = "best" if list((run / "checkpoints").glob("best-*.ckpt")) else "last"
+    ae, _ = load_run(run, which)
+    if tuple(ae.image_shape) != tuple(image_shape):
+        raise SynthError(
+            f"the autoencoder of {run_dir} was trained on images {list(ae.image_shape)} (channels, size) but this data gives "
+            f"{list(image_shape)}: use the same data.channels and data.image_size as that run"
+        )
+    return ae, run
+
+
+class LatentDiffusionModule(DiffusionModule):
+    def __init__(self, autoencoder_run: str, net: Any, **kwargs: Any) -> None:
+        image_shape = (int(kwargs["in_channels"]), *[int(s) for s in kwargs["image_size"]])
+        ae, run = load_autoencoder(autoencoder_run, image_shape)
+        net = OmegaConf.to_container(net, resolve=True) if OmegaConf.is_config(net) else dict(net)
+        latent_channels = int(ae.latent_shape[0])
+        net.update(in_channels=latent_channels, out_channels=latent_channels)
+        super().__init__(net=net, sample_shape=ae.latent_shape, **kwargs)
+        self.autoencoder = ae.requires_grad_(False).eval()
+        self.autoencoder_run = str(run)
+        self.config_updates = {"model.autoencoder_run": str(run)}  # the saved config names it absolutely
+        self.register_buffer("scale_factor", torch.tensor(0.0))  # 0: not measured yet
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.autoencoder.eval()  # frozen: batch-norm / dropout stay in inference mode
+        return self
+
+    @torch.no_grad()
+    def to_diffusion_space(self, x: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode_latents(x) * self.scale_factor
+
+    def from_diffusion_space(self, z: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode_latents(z / self.scale_factor)
+
+    @torch.no_grad()
+    def on_fit_start(self) -> None:
+        """scale = 1 / std of the training latents (up to 8 batches, averaged over ranks): unit-variance latents."""
+        if float(self.scale_factor) > 0:  # resumed: keep the checkpoint's
+            return
+        latents = []
+        for i, batch in enumerate(self.trainer.datamodule.train_dataloader()):
+            latents.append(self.autoencoder.encode_latents(batch["image"].to(self.device)).float())
+            if i == 7:
+                break
+        std = torch.cat(latents).std()
+        std = self.trainer.strategy.reduce(std, reduce_op="mean")
+        self.scale_factor.fill_(1.0 / float(std.clamp_min(1e-6)))
+        self.print(f"[synth] latent scale factor {float(self.scale_factor):.4f} (latent std {float(std):.4f})")
