@@ -82,11 +82,25 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def _strategy(cfg: DictConfig):
-    """A configured strategy object (strategy=ddp ...) wins over the trainer's strategy name."""
-    if "_target_" in cfg.strategy:
-        return instantiate(cfg.strategy)
-    return cfg.trainer.get("strategy", "auto")
+def _strategy(cfg: DictConfig, model) -> Any:
+    """A configured strategy object (strategy=ddp ...) wins over the trainer's strategy name. Strategies a model
+    cannot use are refused here, before any process starts."""
+    if "_target_" not in cfg.strategy:
+        return cfg.trainer.get("strategy", "auto")
+    target = str(cfg.strategy._target_)
+    choice = HydraConfig.get().runtime.choices.get("strategy", target) if HydraConfig.initialized() else target
+    sharded = "DeepSpeed" in target or "FSDP" in target
+    if sharded and not model.automatic_optimization:
+        raise SynthError(
+            f"model={cfg.model.name} steps two optimizers by hand (adversarial training), which strategy={choice} does not "
+            "support: use strategy=ddp_find_unused (or trainer=ddp trainer.strategy=ddp_find_unused_parameters_true)"
+        )
+    if "DeepSpeed" in target:
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise SynthError(f"strategy={choice} needs the deepspeed package: pip install deepspeed (on the GPU machine), or use strategy=ddp")
+    return instantiate(cfg.strategy)
 
 
 @rank_zero_only
@@ -166,7 +180,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=_strategy(cfg))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=_strategy(cfg, model))
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     log_line(f"run dir: {run_dir}  |  {cfg.model.name} ({model.family}, {model.n_parameters:,} parameters) on {meta['name']} {meta['image_size']}x{meta['channels']}ch, {meta['n_train']} train items")

@@ -116,3 +116,35 @@ def test_config_options_compose(tmp_path, overrides, check):
     cfg = compose_train(tmp_path, overrides)
     OmegaConf.resolve(cfg)
     assert check(cfg)
+
+
+@pytest.mark.parametrize(
+    "model,strategy,expect",
+    [
+        ("dcgan", "deepspeed_stage_2", "steps two optimizers by hand"),
+        ("wgan_gp", "fsdp", "steps two optimizers by hand"),
+        ("ddpm", "deepspeed_stage_3", "needs the deepspeed package"),
+    ],
+)
+def test_strategies_a_model_cannot_use_are_refused_before_training(tmp_path, model, strategy, expect):
+    from synth.errors import SynthError
+    from tests.conftest import compose_train, quick
+
+    cfg = compose_train(tmp_path, [f"model={model}", *TINY[model], *phantom(2, size=16, n=20), *quick(2), f"strategy={strategy}"])
+    try:
+        import deepspeed  # noqa: F401
+
+        if expect.startswith("needs"):
+            pytest.skip("deepspeed is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(SynthError, match=expect):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists(), "refused before training"
+
+
+@pytest.mark.parametrize("strategy", ["ddp_find_unused", "fsdp", "deepspeed_stage_2", "deepspeed_stage_3"])
+def test_strategy_configs_print(tmp_path, strategy):
+    res = run_script("train.py", ["--cfg", "job", f"strategy={strategy}", "trainer=ddp"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "lightning.pytorch.strategies." in res.stdout

@@ -145,7 +145,7 @@ def test_gan_under_ddp_cpu(tmp_path):
         (tmp_path / d).mkdir()
     res = run_script("train.py", args, cwd=tmp_path / "refused")
     assert res.returncode == 2 and "find_unused_parameters" in res.stderr, res.stderr[-2000:]
-    res = run_script("train.py", [*args, "trainer.strategy=ddp_find_unused_parameters_true"], cwd=tmp_path / "ok")
+    res = run_script("train.py", [*args, "strategy=ddp_find_unused"], cwd=tmp_path / "ok")
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = list((tmp_path / "ok" / "outputs" / "train").iterdir())
     info = json.loads((run / "run.json").read_text())

@@ -129,7 +129,7 @@ class GenerativeModule(L.LightningModule):
         if ddp_kwargs is not None and not ddp_kwargs.get("find_unused_parameters"):
             raise SynthError(
                 f"{what} updates two networks in separate backward passes, which DDP allows only with find_unused_parameters: "
-                "add trainer.strategy=ddp_find_unused_parameters_true (or strategy=ddp strategy.find_unused_parameters=true)"
+                "add strategy=ddp_find_unused (or trainer.strategy=ddp_find_unused_parameters_true)"
             )
 
     # ----- optimizers and checkpoints ----------------------------------------------------------------------
