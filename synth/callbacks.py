@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from synth.io import image_grid, is_rgb, is_volume_axes, save_grid
+from synth.io import image_grid, is_rgb, is_volume_axes, save_grid, save_grid_image
 
 
 class SampleGrid(L.Callback):
@@ -45,8 +45,8 @@ class SampleGrid(L.Callback):
         images = images.float().cpu().numpy()
         meta = pl_module.data_meta
         out = self._dir(trainer) / f"{kind}_{trainer.global_step:06d}.png"
-        save_grid(images, out, volume_axes=is_volume_axes(meta), rgb=is_rgb(meta))
         grid = image_grid(images, volume_axes=is_volume_axes(meta), rgb=is_rgb(meta))
+        save_grid_image(grid, out)
         for logger in trainer.loggers:
             name = type(logger).__name__
             if name == "WandbLogger":

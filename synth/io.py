@@ -87,7 +87,12 @@ def image_grid(images: np.ndarray, volume_axes: bool = True, rgb: bool = False, 
 
 
 def save_grid(images: np.ndarray, path: Path, volume_axes: bool = True, rgb: bool = False, scale: int = 2) -> Path:
-    grid = Image.fromarray(image_grid(images, volume_axes=volume_axes, rgb=rgb))
+    return save_grid_image(image_grid(images, volume_axes=volume_axes, rgb=rgb), path, scale)
+
+
+def save_grid_image(grid: np.ndarray, path: Path, scale: int = 2) -> Path:
+    """A uint8 grid from `image_grid` as PNG, enlarged `scale` times (nearest neighbour)."""
+    grid = Image.fromarray(grid)
     if scale > 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     return _atomic(path, lambda tmp: grid.save(tmp, format="PNG"))

@@ -110,11 +110,15 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 @rank_zero_only
-def _start_run_dir(run_dir: Path, cfg: DictConfig, resume: str | None) -> None:
-    """Refuse to reuse a run dir (unless resuming from it) and save the resolved config beside the run."""
+def _refuse_reuse(run_dir: Path, resume: str | None) -> None:
+    """A run dir that holds checkpoints is never reused, unless this run resumes from it."""
     if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
         if not (resume and Path(resume).resolve().is_relative_to(run_dir.resolve())):
             raise SynthError(f"{run_dir} already holds a run: it is never overwritten; choose another hydra.run.dir or resume with ckpt_path={run_dir}")
+
+
+@rank_zero_only
+def _save_config(run_dir: Path, cfg: DictConfig) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -161,15 +165,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     _pin_hydra_run_dir()
     run_dir = Path(cfg.paths.output_dir)
     resume = resolve_resume(cfg.get("ckpt_path"))
-    _start_run_dir(run_dir, cfg, resume)
+    _refuse_reuse(run_dir, resume)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    if getattr(model, "config_updates", None):  # e.g. the absolute path of an autoencoder run
-        for key, value in model.config_updates.items():
-            OmegaConf.update(cfg, key, value)
-        _start_run_dir(run_dir, cfg, resume)
+    for key, value in getattr(model, "config_updates", {}).items():  # e.g. the absolute path of an autoencoder run
+        OmegaConf.update(cfg, key, value)
+    _save_config(run_dir, cfg)
     datamodule.setup("fit")
     meta = datamodule.meta
     if int(meta["channels"]) != model.image_shape[0]:

@@ -46,7 +46,6 @@ class AutoencoderModule(GenerativeModule):
         self.latent_shape = (int(net["latent_channels"]), *[s // 2 ** (levels - 1) for s in self.image_shape[1:]])
         self.prior_momentum = 0.01  # running moments follow about the last 100 steps (cumulative before that)
         self.register_buffer("latent_mean", torch.zeros(self.latent_shape))
-        self.register_buffer("latent_std", torch.ones(self.latent_shape))
         self.register_buffer("latent_sq", torch.ones(self.latent_shape))  # running E[z^2]
         self.register_buffer("latent_updates", torch.zeros((), dtype=torch.long))
         self.disc = build(discriminator) if self.adv_weight > 0 else None
@@ -134,7 +133,10 @@ class AutoencoderModule(GenerativeModule):
         mu = mu.detach().float()
         self.latent_mean.lerp_(mu.mean(0), rate)
         self.latent_sq.lerp_(mu.pow(2).mean(0), rate)
-        self.latent_std.copy_((self.latent_sq - self.latent_mean.pow(2)).clamp_min(1e-8).sqrt())
+
+    @property
+    def latent_std(self) -> torch.Tensor:
+        return (self.latent_sq - self.latent_mean.pow(2)).clamp_min(1e-8).sqrt()
 
     # ----- validation -------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, prefix: str) -> None:

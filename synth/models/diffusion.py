@@ -3,13 +3,14 @@ rectified flow (RFlowScheduler), with EMA weights for sampling and classifier-fr
 Samplers (DDPM, DDIM, RFlow) are a sampling-time choice; the denoising loop is written out below."""
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
-from monai.networks.schedulers import RFlowScheduler
+from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 from omegaconf import OmegaConf
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
@@ -17,7 +18,11 @@ from tqdm.auto import tqdm
 from synth.errors import SynthError
 from synth.models.base import GenerativeModule, build
 
-_DDPM_ONLY = {"variance_type"}  # scheduler args only the ancestral (DDPM) sampler takes
+
+
+def _own_args(cls) -> set[str]:
+    """The arguments a scheduler class names itself (the rest are schedule arguments such as beta_start)."""
+    return {k for k, p in inspect.signature(cls.__init__).parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD} - {"self"}
 
 
 def ema_update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor, decay: float) -> torch.Tensor:
@@ -134,14 +139,15 @@ class DiffusionModule(GenerativeModule):
         sampler = sampler or self.default_sampler
         if sampler not in self.samplers:
             raise SynthError(f"sampler={sampler} is not a sampler of this model: use one of {sorted(self.samplers)}")
+        cls = get_class(self.samplers[sampler])
         total = self.scheduler.num_train_timesteps
-        steps = total if sampler == "ddpm" and steps is None else int(steps or self.default_steps)
+        ancestral = cls is DDPMScheduler  # walks every training timestep unless told otherwise
+        steps = total if ancestral and steps is None else int(steps or self.default_steps)
         if not 1 <= steps <= total:
             raise SynthError(f"steps={steps} is out of range for a model trained with {total} timesteps: use 1..{total}")
-        args = {k: v for k, v in self.scheduler_cfg.items() if k != "_target_"}
-        if sampler != "ddpm":
-            args = {k: v for k, v in args.items() if k not in _DDPM_ONLY}
-        sched = get_class(self.samplers[sampler])(**args)
+        # the training scheduler's settings, less those only its own class takes (e.g. DDPM's variance_type for DDIM)
+        foreign = _own_args(type(self.scheduler)) - _own_args(cls)
+        sched = cls(**{k: v for k, v in self.scheduler_cfg.items() if k != "_target_" and k not in foreign})
         if isinstance(sched, RFlowScheduler):
             sched.set_timesteps(steps, device=self.device, input_img_size_numel=int(torch.tensor(self.sample_shape[1:]).prod()))
         else:
