@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 # torch goes in first, pinned: here it resolves to the local CPU wheel; on a machine with internet
 # and a GPU the same pin pulls PyPI's CUDA build. Override e.g. `make install TORCH="torch==2.13.0 --index-url ..."`.
 TORCH  ?= torch==2.13.0
+# DeepSpeed strategies; `make install DEEPSPEED=` skips it
+DEEPSPEED ?= deepspeed==0.19.8
 STAMP  := $(VENV)/.installed
 
 .PHONY: help install demo test test-slow test-all clean-outputs
@@ -18,6 +20,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q numpy setuptools wheel
+	# built against the torch/numpy just installed (see pyproject.toml for why)
+	$(PY) -m pip install -q --no-build-isolation pyradiomics==3.0.1 $(DEEPSPEED)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
