@@ -13,4 +13,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from synth.config_check import check_cli
+
+    check_cli("generate")  # config mistakes as one line (exit 2), before Hydra creates a run dir
     main()

@@ -1,5 +1,6 @@
-"""Training-time pictures: a grid of real training images once, then a grid of samples at each validation
-(rank 0 only), written into the run dir and sent to the loggers that take images (W&B, TensorBoard)."""
+"""Training-time callbacks: `SampleGrid` (a grid of real training images once, then a grid of samples at each
+validation, rank 0 only, written into the run dir and sent to the loggers that take images) and
+`FiniteGuard` (stops a run whose loss or weights stop being finite, before a checkpoint can save them)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from synth.errors import SynthError
 from synth.io import image_grid, is_rgb, is_volume_axes, save_grid, save_grid_image
 
 
@@ -54,3 +56,44 @@ class SampleGrid(L.Callback):
             elif name == "TensorBoardLogger":
                 img = grid[None] if grid.ndim == 2 else np.moveaxis(grid, -1, 0)
                 logger.experiment.add_image("samples", img, trainer.global_step)
+
+
+class FiniteGuard(L.Callback):
+    """Stop the run with a one-line SynthError when a training loss is NaN/inf (checked every
+    `every_n_steps`, agreed across DDP ranks), and refuse to write a checkpoint whose weights are not finite:
+    the checkpoints on disk keep the last good step."""
+
+    def __init__(self, every_n_steps: int = 1) -> None:
+        self.every = max(1, int(every_n_steps))
+
+    @staticmethod
+    def _fixes(trainer: L.Trainer) -> str:
+        last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt" if getattr(trainer.checkpoint_callback, "dirpath", None) else None
+        kept = f"{last} holds the last good step" if last is not None and last.is_file() else "no checkpoint was written"
+        return (f"training stopped, {kept}; lower the learning rate (model.optimizer.lr), train in full precision "
+                "(trainer.precision=32-true), or check the data")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step % self.every:
+            return
+        losses = {}
+        if isinstance(outputs, dict) and isinstance(outputs.get("loss"), torch.Tensor):
+            losses["loss"] = outputs["loss"]
+        elif isinstance(outputs, torch.Tensor):
+            losses["loss"] = outputs
+        for key, value in trainer.callback_metrics.items():  # what manual-optimization families log
+            if key.startswith("train/") and isinstance(value, torch.Tensor) and value.numel() == 1:
+                losses[key] = value
+        bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            what = ", ".join(bad) or "the loss on another rank"
+            raise SynthError(f"the training loss became NaN/inf at step {trainer.global_step} ({what}): {self._fixes(trainer)}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
+               if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise SynthError(
+                f"the weights became NaN/inf by step {trainer.global_step} ({bad[0]}{' ...' if len(bad) > 1 else ''}), "
+                f"so no checkpoint was written: {self._fixes(trainer)}"
+            )

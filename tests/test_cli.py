@@ -19,11 +19,9 @@ def test_cfg_job_prints_composed_config(tmp_path):
 @pytest.mark.parametrize(
     "args,expect",
     [
-        (["model=nosuch"], "Could not find 'model/nosuch'"),
-        (["trainer.max_stepz=3"], "max_stepz"),
+        # unknown options/keys, shapes, missing data ...: the full matrix is tests/test_bad_input.py
         (["data=phantom", "data.image_size=[30,30]", "trainer.max_steps=1"], "not divisible by 8"),
         (["data=phantom", "data.resize=bogus"], "data.resize=bogus"),
-        (["data=csv", "data.csv_path=missing.csv"], "data.csv_path=missing.csv does not exist"),
         (["-m", "data=phantom", "trainer=ddp_cpu"], "cannot launch multi-process DDP"),
     ],
 )
@@ -70,8 +68,7 @@ def test_generate_writes_nifti_with_geometry(trained_run, tmp_path):
     "args,expect",
     [
         (["ckpt=best", "n=1"], None),
-        (["condition=1", "n=1"], "unconditional"),
-        (["steps=100000", "n=1"], "out of range"),
+        # condition for an unconditional model, out-of-range steps, no checkpoint: tests/test_bad_input.py
         (["sampler=euler", "n=1"], "not a sampler of this model"),
     ],
 )
@@ -84,16 +81,6 @@ def test_generate_refuses_bad_requests(trained_run, tmp_path, args, expect):
         assert res.returncode == 2 and expect in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
-def test_generate_without_checkpoint_fails_cleanly(trained_run, tmp_path):
-    run, _ = trained_run
-    empty = tmp_path / "copy"
-    empty.mkdir()
-    (empty / "config.yaml").write_text((run / "config.yaml").read_text())
-    res = run_script("generate.py", [f"run_dir={empty}", "n=1"], cwd=tmp_path)
-    assert res.returncode == 2 and "no last checkpoint" in res.stderr
-    assert "Traceback" not in res.stderr
-
-
 @pytest.mark.parametrize(
     "overrides,check",
     [
@@ -101,7 +88,7 @@ def test_generate_without_checkpoint_fails_cleanly(trained_run, tmp_path):
         (["trainer=gpu"], lambda c: c.trainer.precision == "bf16-mixed"),
         (["trainer=ddp_cpu"], lambda c: c.trainer.devices == 2 and c.trainer.accelerator == "cpu"),
         (["strategy=ddp"], lambda c: c.strategy._target_.endswith("DDPStrategy")),
-        (["logger=many"], lambda c: set(c.logger) == {"csv", "tensorboard", "wandb"} and c.logger.wandb.offline),
+        (["logger=many"], lambda c: set(c.logger) == {"csv", "tensorboard", "wandb"} and c.logger.wandb.group == "mni152"),
         (["data=brats", "data.root=/x", "data.source.modalities=[t1,t2,flair]"], lambda c: c.data.channels == 3 and c.model.net.in_channels == 3),
         (["data=mni152", "data.spatial_dims=3"], lambda c: list(c.data.image_size) == [32, 32, 32] and c.model.net.spatial_dims == 3),
         (["experiment=mni152_ddpm_hq"], lambda c: list(c.data.image_size) == [128, 128] and c.trainer.max_steps == 30000),

@@ -1,6 +1,4 @@
 """The model zoo beyond the spine: VQ-VAE, rectified flow, latent diffusion, EMA, classifier-free guidance."""
-import json
-
 import nibabel as nib
 import numpy as np
 import pytest

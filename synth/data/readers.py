@@ -39,6 +39,12 @@ class Volume:
 
 
 # ---------------------------------------------------------------------------------------- readers
+def why(err: Exception) -> str:
+    """An exception as a short one-line reason (decoders put file offsets and newlines in their messages)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:120]}{'...' if len(text) > 120 else ''}" if text else type(err).__name__
+
+
 def stem(path: Path) -> str:
     """File name without its image suffix (handles .nii.gz)."""
     name = path.name
@@ -60,7 +66,7 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], tuple[float, 
         img = nib.as_closest_canonical(nib.load(str(path)))
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as e:  # nibabel raises many types for truncated/garbled files
-        raise SynthError(f"cannot read NIfTI {path} ({type(e).__name__}: {e}): replace or remove the corrupt file") from e
+        raise SynthError(f"cannot read NIfTI {path} ({why(e)}): replace or remove the corrupt file") from e
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if data.ndim == 2:
         data = data[..., None]
@@ -82,7 +88,7 @@ def pil_channels(path: Path) -> int:
         with Image.open(path) as im:
             return 3 if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else 1
     except Exception as e:
-        raise SynthError(f"cannot read image {path} ({type(e).__name__}): replace or remove the corrupt file") from e
+        raise SynthError(f"cannot read image {path} ({why(e)}): replace or remove the corrupt file") from e
 
 
 def read_pil(path: Path) -> np.ndarray:
@@ -97,7 +103,7 @@ def read_pil(path: Path) -> np.ndarray:
                 im = im.convert("L")
             arr = np.asarray(im, dtype=np.float32)
     except Exception as e:
-        raise SynthError(f"cannot read image {path} ({type(e).__name__}: {e}): replace or remove the corrupt file") from e
+        raise SynthError(f"cannot read image {path} ({why(e)}): replace or remove the corrupt file") from e
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(np.moveaxis(arr, -1, 0))
 
 

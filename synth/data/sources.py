@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from synth.data import phantom as _phantom
-from synth.data.readers import NIFTI_SUFFIXES, Subject, Volume, _stack, is_image, pil_channels, read_image, read_nifti, stem
+from synth.data.readers import NIFTI_SUFFIXES, Subject, Volume, _stack, is_image, pil_channels, read_image, read_nifti, stem, why
 from synth.errors import SynthError
 
 # ---------------------------------------------------------------------------------------- sources
@@ -241,13 +241,15 @@ class BraTS(Source):
 
 class CSVList(Source):
     """GaNDLF-style data list: columns SubjectID, Channel_0..Channel_N (paths absolute or relative to
-    the CSV's folder), optional Label (ints kept; strings mapped to sorted class indices). LabelMap/Mask
+    the CSV's folder), optional class column `label_column` (default Label; ints kept; strings mapped to
+    sorted class indices). LabelMap/Mask
     columns are ignored. Each Channel_ column is one channel, except that a single column may hold
     multi-channel files (e.g. RGB); the DataModule checks the decoded channel count."""
 
-    def __init__(self, csv: str | Path, channels: int = 1):
+    def __init__(self, csv: str | Path, channels: int = 1, label_column: str | None = "Label"):
         self.csv = Path(csv).expanduser()
         self.channels = int(channels)
+        self.label_column = None if label_column in (None, "") else str(label_column)
 
     def subjects(self) -> list[Subject]:
         import pandas as pd
@@ -264,12 +266,19 @@ class CSVList(Source):
         if df.empty:
             raise SynthError(f"{self.csv} lists no subjects: add rows to it")
         labels = None
-        if "Label" in df.columns:
-            raw = [v.strip() for v in df["Label"]]
+        col = self.label_column
+        if col is not None and col not in df.columns and col != "Label":  # the default may be absent: unlabelled data
+            others = [c for c in df.columns if c != "SubjectID" and c not in cols]
+            raise SynthError(f"data.source.label_column={col} is not a column of {self.csv} (it has {list(df.columns)}): "
+                             f"set data.source.label_column to one of {others or ['Label']}, or null for unlabelled data")
+        if col is not None and col in df.columns:
+            raw = [v.strip() for v in df[col]]
             if "" in raw:
-                raise SynthError(f"{self.csv} row {raw.index('') + 2} has an empty Label: fill it in or drop the Label column")
+                raise SynthError(f"{self.csv} row {raw.index('') + 2} has an empty {col}: fill it in or set data.source.label_column=null")
             if all(re.fullmatch(r"-?\d+", v) for v in raw):
                 labels = [int(v) for v in raw]
+                if min(labels) < 0:
+                    raise SynthError(f"{self.csv} column {col} holds a negative class {min(labels)}: use classes 0..K-1 (or class names)")
                 self.num_classes = max(labels) + 1
                 self.class_names = [str(i) for i in range(self.num_classes)]
             else:
@@ -314,7 +323,7 @@ class Folder(Source):
             try:
                 shape = nib.load(str(p)).shape
             except Exception as e:
-                raise SynthError(f"cannot read NIfTI {p} ({type(e).__name__}): replace or remove the corrupt file") from e
+                raise SynthError(f"cannot read NIfTI {p} ({why(e)}): replace or remove the corrupt file") from e
             return shape[3] if len(shape) == 4 else 1
         return pil_channels(p)
 

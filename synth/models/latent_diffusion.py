@@ -15,14 +15,14 @@ from synth.models.diffusion import DiffusionModule
 
 def load_autoencoder(run_dir: str, image_shape: tuple[int, ...]):
     """The trained autoencoder of `run_dir` (best checkpoint, else last), checked against this run's data."""
-    from synth.tasks import load_run  # late: tasks builds models
+    from synth.tasks import load_run, load_run_config  # late: tasks builds models
 
     if run_dir in (None, "", "???") or not Path(str(run_dir)).is_dir():
         raise SynthError(f"model.autoencoder_run={run_dir} is not a run dir: train one first (python train.py model=vae ...) and pass its dir")
     run = Path(str(run_dir)).resolve()
     if not (run / "config.yaml").is_file():
         raise SynthError(f"model.autoencoder_run={run_dir} is not a synth run dir (no config.yaml): pass the dir of a vae, ae or vqvae run")
-    family = OmegaConf.load(run / "config.yaml").model.get("family")
+    family = load_run_config(run).model.get("family")
     if family != "autoencoder":
         raise SynthError(f"model.autoencoder_run={run_dir} is a {family} run: latent diffusion needs a vae, ae or vqvae run")
     which = "best" if list((run / "checkpoints").glob("best-*.ckpt")) else "last"

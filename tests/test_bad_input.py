@@ -1,0 +1,297 @@
+"""The bad-input matrix (issue #6): each mistake a user can make stops with exit code 2 and ONE line
+`synth: error: <cause>: <what to do>`, before anything is trained or written, and the user's files are left
+as they were. Hydra-level mistakes go through the real entry script; the rest run the same code in-process
+(synth.tasks.run_cli, what the entry scripts call), which is faster."""
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from PIL import Image
+
+from synth.data.phantom import write_fake_brats
+from synth.tasks import generate, run_cli, train
+from tests.conftest import CONF, TINY, compose_train, phantom, quick, run_script
+
+
+# ----- helpers ----------------------------------------------------------------------------------------------
+def one_line_error(capsys, task, cfg) -> str:
+    """Run `task` as the entry scripts do; assert exit code 2 and exactly one error line; return it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(task, cfg)
+    assert exc.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("synth: error: ")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(lines), lines
+    line = errors[0]
+    assert ": " in line[len("synth: error: "):], f"no cause/fix split: {line}"
+    return line
+
+
+def cli_error(res) -> str:
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("synth: error: ") and "Traceback" not in res.stderr, res.stderr
+    assert sum(ln.startswith("synth: error") for ln in lines) == 1
+    return lines[-1]
+
+
+def nothing_trained(run: Path) -> None:
+    """A refused run leaves no checkpoint, metrics or run record behind."""
+    assert not (run / "checkpoints").exists() and not (run / "run.json").exists() and not (run / "csv").exists()
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def train_error(capsys, tmp_path, overrides, model="ddpm") -> str:
+    cfg = compose_train(tmp_path, [f"model={model}", *TINY[model], *quick(2), "callbacks.sample_grid.n=0", *overrides])
+    line = one_line_error(capsys, train, cfg)
+    nothing_trained(tmp_path / "run")
+    return line
+
+
+def nifti(path: Path, array: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), path)
+    return path
+
+
+def noise(shape, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape).astype(np.float32) * 100
+
+
+def folder_of(tmp_path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    root = tmp_path / "images"
+    root.mkdir()
+    for name, arr in arrays.items():
+        if name.endswith(".png"):
+            Image.fromarray(arr).save(root / name)
+        else:
+            nifti(root / name, arr)
+    return root
+
+
+def folder_data(root: Path, channels: int = 1, extra=()) -> list[str]:
+    return ["data=folder", f"data.root={root}", f"data.channels={channels}", "data.image_size=[16,16]", "data.batch_size=2",
+            "data.normalize=percentile", "data.intensity_range=null", *extra]
+
+
+# ----- 1. config: unknown group option, unknown key --------------------------------------------------------
+def test_unknown_config_group_option_lists_the_valid_ones(tmp_path):
+    line = cli_error(run_script("train.py", ["model=ddpmm"], cwd=tmp_path))
+    assert "model=ddpmm is not an option of the model config group" in line and "did you mean model=ddpm?" in line
+    assert "ae, dcgan, ddpm, ldm, rflow, vae, vqvae, wgan_gp" in line
+    assert not (tmp_path / "outputs").exists(), "refused before Hydra made a run dir"
+
+
+@pytest.mark.parametrize("where", ["command_line", "yaml_file"])
+def test_unknown_key_is_refused_with_the_closest_valid_one(tmp_path, capsys, where):
+    if where == "command_line":
+        line = cli_error(run_script("train.py", ["data=phantom", "trainer.max_stepz=3"], cwd=tmp_path))
+        assert "trainer.max_stepz is not a key of trainer: did you mean trainer.max_steps?" in line
+        assert not (tmp_path / "outputs").exists()
+    else:  # a typo inside a config file (here an experiment YAML adds it): caught before anything is built
+        cfg = compose_train(tmp_path, ["model=ddpm", *TINY["ddpm"], *phantom(2), "+model.net.num_res_block=2"])
+        line = one_line_error(capsys, train, cfg)
+        assert "model.net.num_res_block is not a setting of DiffusionModelUNet" in line and "did you mean model.net.num_res_blocks?" in line
+        assert not (tmp_path / "run").exists(), "nothing written"
+
+
+def test_key_check_knows_sweeps_and_every_shipped_config(tmp_path):
+    """No false alarms: a sweep is judged by its first job, and every config the repo ships passes the key check."""
+    from synth.config_check import check_cli, check_targets
+
+    check_cli("train", ["-m", "model=dcgan,wgan_gp", "model.latent_dim=16"])  # latent_dim exists for these models only
+    with pytest.raises(SystemExit):
+        check_cli("train", ["-m", "model=dcgan,wgan_gp", "model.latent_dimm=16"])
+    conf = Path(CONF)
+    choices = [[f"model={p.stem}"] for p in (conf / "model").glob("*.yaml")]
+    choices += [[f"data={p.stem}"] for p in (conf / "data").glob("*.yaml")]
+    choices += [[f"experiment={p.stem}"] for p in (conf / "experiment").glob("*.yaml")]
+    choices += [["logger=many", "trainer=ddp", f"strategy={p.stem}"] for p in (conf / "strategy").glob("*.yaml")]
+    choices += [[f"callbacks={p.stem}", f"debug={d.stem}"] for p in (conf / "callbacks").glob("*.yaml") for d in (conf / "debug").glob("*.yaml")]
+    for overrides in choices:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            check_targets(compose(config_name="train", overrides=overrides))
+
+
+# ----- 2. shapes and channels ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("model,size,expect", [
+    ("ddpm", "[15,15]", "image size [15, 15] is not divisible by 2 (the UNet has 2 levels): set data.image_size=[16, 16]"),
+    ("vae", "[15,16]", "image size [15, 16] is not divisible by 2 (the autoencoder has 2 levels)"),
+    ("dcgan", "[18,18]", "image size [18, 18] is not divisible by 4"),
+])
+def test_image_shape_the_network_cannot_take_is_refused_before_training(tmp_path, capsys, model, size, expect):
+    line = train_error(capsys, tmp_path, [*phantom(2), f"data.image_size={size}"], model=model)
+    assert expect in line
+    assert not (tmp_path / "run" / "data_meta.json").exists(), "refused before the data was even loaded"
+
+
+def test_channel_count_mismatch_between_data_and_model(tmp_path, capsys):
+    rgb = {f"p{i}.png": (noise((16, 16, 3), i) * 2).astype(np.uint8) for i in range(4)}
+    root = folder_of(tmp_path, rgb)
+    line = train_error(capsys, tmp_path, folder_data(root, channels=1, extra=["data.source.recursive=false"]))
+    # the folder source sees it from the file headers, before decoding
+    assert "3 channel" in line and "data.channels=1" in line and "set data.channels=3" in line
+
+
+# ----- 3. where the data is -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("what", ["root", "csv", "csv_row"])
+def test_missing_data_root_csv_or_listed_file(tmp_path, capsys, what):
+    if what == "root":
+        overrides, expect = ["data=folder", f"data.root={tmp_path / 'nope'}", "data.channels=1"], "does not exist: point data.root"
+    elif what == "csv":
+        overrides, expect = ["data=csv", f"data.csv_path={tmp_path / 'list.csv'}"], "list.csv does not exist: point data.csv_path"
+    else:
+        nifti(tmp_path / "a.nii.gz", noise((16, 16, 4)))
+        (tmp_path / "list.csv").write_text("SubjectID,Channel_0\ns0,a.nii.gz\ns1,b.nii.gz\n")
+        overrides, expect = ["data=csv", f"data.csv_path={tmp_path / 'list.csv'}"], "row 3 (SubjectID s1) Channel_0: file"
+    line = train_error(capsys, tmp_path, [*overrides, "data.image_size=[16,16]"])
+    assert expect in line
+    if what == "csv_row":
+        assert "b.nii.gz does not exist: fix the path in the CSV" in line
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_nifti_names_the_file(tmp_path, capsys, damage):
+    root = folder_of(tmp_path, {f"s{i}.nii.gz": noise((16, 16, 8), i) for i in range(4)})
+    bad = root / "s2.nii.gz"
+    raw = gzip.decompress(bad.read_bytes())
+    bad.write_bytes(gzip.compress(raw[: len(raw) // 2]) if damage == "truncated" else b"\x00not a nifti")
+    before = snapshot(root)
+    line = train_error(capsys, tmp_path, folder_data(root))
+    assert f"cannot read NIfTI {bad}" in line and "replace or remove the corrupt file" in line
+    assert snapshot(root) == before, "the user's files are left as they were"
+
+
+@pytest.mark.parametrize("case", ["no_images", "empty_csv", "no_training_split"])
+def test_empty_dataset_after_filtering(tmp_path, capsys, case):
+    if case == "no_images":
+        (tmp_path / "images").mkdir()
+        (tmp_path / "images" / "notes.txt").write_text("not an image")
+        overrides, expect = folder_data(tmp_path / "images"), "no .nii/.nii.gz/.png/.jpg/.tif images in data.root"
+    elif case == "empty_csv":
+        (tmp_path / "list.csv").write_text("SubjectID,Channel_0\n")
+        overrides, expect = ["data=csv", f"data.csv_path={tmp_path / 'list.csv'}"], "lists no subjects: add rows"
+    else:
+        overrides, expect = [*phantom(2), "data.split=[0.0,0.5,0.5]"], "produced no training images"
+    assert expect in train_error(capsys, tmp_path, overrides)
+
+
+def test_mixed_shapes_without_resize(tmp_path, capsys):
+    root = folder_of(tmp_path, {"a.png": noise((16, 16)).astype(np.uint8), "b.png": noise((20, 12), 1).astype(np.uint8),
+                                "c.png": noise((16, 16), 2).astype(np.uint8)})
+    line = train_error(capsys, tmp_path, folder_data(root, extra=["data.resize=none", "data.split=[1.0,0.0,0.0]"]))
+    assert "has shape [20, 12], not data.image_size=[16, 16], and data.resize=none: set data.resize=resize or crop_pad" in line
+
+
+@pytest.mark.parametrize("kind,expect", [("nan", "has NaN/inf voxels: fix or remove that image"), ("constant", "is constant")])
+def test_nan_or_constant_images(tmp_path, capsys, kind, expect):
+    bad = np.full((16, 16, 4), np.nan if kind == "nan" else 7.0, np.float32)
+    root = folder_of(tmp_path, {"good0.nii.gz": noise((16, 16, 4)), "bad.nii.gz": bad, "good1.nii.gz": noise((16, 16, 4), 1)})
+    line = train_error(capsys, tmp_path, folder_data(root, extra=["data.split=[1.0,0.0,0.0]"]))
+    assert "subject bad " in line and expect in line
+
+
+@pytest.mark.parametrize("case", ["missing_column", "unlabelled_for_conditional"])
+def test_wrong_label_column(tmp_path, capsys, case):
+    for i in range(4):
+        nifti(tmp_path / f"s{i}.nii.gz", noise((16, 16, 4), i))
+    (tmp_path / "list.csv").write_text("SubjectID,Channel_0,Diagnosis\n" + "".join(f"s{i},s{i}.nii.gz,{i % 2}\n" for i in range(4)))
+    data = ["data=csv", f"data.csv_path={tmp_path / 'list.csv'}", "data.spatial_dims=3", "data.image_size=[16,16,4]",
+            "data.split=[0.5,0.25,0.25]", "model.num_classes=2"]
+    if case == "missing_column":
+        line = train_error(capsys, tmp_path, [*data, "data.source.label_column=Label_"], model="dcgan")
+        assert "data.source.label_column=Label_ is not a column of" in line and "one of ['Diagnosis']" in line
+    else:  # the default column (Label) is absent: a conditional model has no labels to learn from
+        line = train_error(capsys, tmp_path, data, model="dcgan")
+        assert "model.num_classes=2 but the data has 0 label classes" in line
+
+
+def test_brats_tree_with_a_missing_modality(tmp_path, capsys):
+    dirs = write_fake_brats(tmp_path / "brats", n_subjects=3, layout="2021", shape=(16, 16, 8))
+    (dirs[1] / f"{dirs[1].name}_flair.nii.gz").unlink()
+    before = snapshot(tmp_path / "brats")
+    line = train_error(capsys, tmp_path, ["data=brats", f"data.root={tmp_path / 'brats'}", "data.source.modalities=[t1,flair]",
+                                          "data.image_size=[16,16]"])
+    assert f"BraTS subject {dirs[1].name} is missing" in line and "_flair.nii.gz: restore the file or remove the subject folder" in line
+    assert snapshot(tmp_path / "brats") == before
+
+
+# ----- 4. generate and latent diffusion against trained runs ------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One tiny trained ddpm run and one tiny vae run."""
+    out = {}
+    for model in ("ddpm", "vae"):
+        tmp = tmp_path_factory.mktemp(model)
+        _, objs = train(compose_train(tmp, [f"model={model}", *TINY[model], *phantom(2, size=16, n=8), *quick(2), "callbacks.sample_grid.n=0"]))
+        out[model] = objs["run_dir"]
+    return out
+
+
+def compose_generate(out_dir: Path, overrides: list[str]):
+    """The generate config as generate.py would see it, writing into `out_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="generate", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("no_checkpoint", "no last checkpoint in"),
+    ("other_family", "the checkpoint holds a vae (autoencoder) model but"),
+    ("condition_unconditional", "this ddpm model is unconditional: drop condition="),
+    ("steps_out_of_range", "steps=100000 is out of range for a model trained with 100 timesteps: use 1..100"),
+    ("steps_negative", "steps=-1 is out of range"),
+])
+def test_generate_refuses(runs, tmp_path, capsys, case, expect):
+    """(generate.py's own exit code 2 on such a refusal: tests/test_cli.py::test_generate_refuses_bad_requests)"""
+    run = runs["ddpm"]
+    args = ["n=2", "steps=2"]
+    if case == "no_checkpoint":
+        run = tmp_path / "copy"
+        run.mkdir()
+        shutil.copy(runs["ddpm"] / "config.yaml", run / "config.yaml")
+    elif case == "other_family":
+        args.append(f"ckpt={runs['vae'] / 'checkpoints' / 'last.ckpt'}")
+    elif case == "condition_unconditional":
+        args.append("condition=1")
+    elif case.startswith("steps"):
+        args = ["n=2", "steps=100000" if case == "steps_out_of_range" else "steps=-1"]
+    out = tmp_path / "samples"
+    line = one_line_error(capsys, generate, compose_generate(out, [f"run_dir={run}", *args]))
+    assert expect in line
+    assert not out.exists() or not any(out.glob("sample_*")), "no sample written"
+
+
+def test_train_time_sampler_steps_out_of_range(tmp_path, capsys):
+    line = train_error(capsys, tmp_path, [*phantom(2), "model.sampling_steps=500"])
+    assert "model.sampling_steps=500 is out of range for model.scheduler.num_train_timesteps=100: use 1..100" in line
+
+
+@pytest.mark.parametrize("target", ["diffusion_run", "not_a_run"])
+def test_ldm_pointing_at_a_non_autoencoder_run(runs, tmp_path, capsys, target):
+    where = runs["ddpm"] if target == "diffusion_run" else tmp_path / "nothing"
+    if target == "not_a_run":
+        where.mkdir()
+    line = train_error(capsys, tmp_path, [*phantom(2, size=16, n=8), f"model.autoencoder_run={where}"], model="ldm")
+    assert f"model.autoencoder_run={where}" in line
+    assert ("is a diffusion run: latent diffusion needs a vae, ae or vqvae run" if target == "diffusion_run" else "no config.yaml") in line
