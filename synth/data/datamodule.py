@@ -103,8 +103,8 @@ class SynthDataModule(L.LightningDataModule):
         channels: int = 1,
         image_size=(64, 64),
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = "auto",  # auto: see loader_settings
+        pin_memory: bool | str = "auto",  # auto: pinned when a GPU is visible
         seed: int = 42,
         split=(0.8, 0.1, 0.1),  # train/val/test fractions, by subject
         resize: str = "resize",  # resize | crop_pad | none
@@ -126,8 +126,8 @@ class SynthDataModule(L.LightningDataModule):
         self.channels = int(channels)
         self.image_size = [int(s) for s in _plain(image_size)]
         self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
+        self.num_workers = num_workers if num_workers == "auto" else int(num_workers)
+        self.pin_memory = pin_memory if pin_memory == "auto" else bool(pin_memory)
         self.seed = int(seed)
         self.split = [float(f) for f in _plain(split)]
         self.cache = str(cache)
@@ -261,17 +261,31 @@ class SynthDataModule(L.LightningDataModule):
         return [-1 if subject.label is None else int(subject.label)] * len(p.items)
 
     # ------------------------------------------------------------------------------- loaders
+    def loader_settings(self) -> tuple[int, bool]:
+        """(num_workers, pin_memory), resolving `auto` (benchmarks/bench.py measures the loader's share of a step).
+        Cached items without augmentation cost microseconds to serve, so workers (process start, IPC) would only add
+        latency: 0. Augmentation or cache=none (a decode per item) feeding a GPU: up to 4 workers, a core left to the
+        main process; on CPU-only machines the cores are better spent on the network: 0. Pinned memory with a GPU."""
+        gpu = torch.cuda.is_available()
+        workers = self.num_workers
+        if workers == "auto":
+            heavy = self.cache == "none" or self.augment.transform is not None
+            workers = min(4, (os.cpu_count() or 1) - 1) if heavy and gpu else 0
+        pin = gpu if self.pin_memory == "auto" else self.pin_memory
+        return max(0, int(workers)), bool(pin)
+
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         self.setup()
         ds = self.datasets[split]
+        workers, pin = self.loader_settings()
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=train,
             drop_last=train and len(ds) > self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from synth.errors import SynthError
 from synth.models.base import GenerativeModule, build
+from synth.models.speed import checkpoint_unet_blocks, compile_mode, memory_format, to_channels_last
 
 
 
@@ -44,12 +45,23 @@ class DiffusionModule(GenerativeModule):
         cond_drop_prob: float = 0.1,  # conditional: label dropped to "null" this often (classifier-free guidance)
         guidance: float = 3.0,        # conditional: default guidance scale at sampling (1: no guidance)
         sample_shape: Sequence[int] | None = None,  # what the UNet denoises (latent diffusion: the latent shape)
+        compile: Any = False,         # torch.compile the UNet: false | sample | train | true (both)
+        channels_last: bool = False,  # channels-last memory format (helps on GPUs with tensor cores)
+        gradient_checkpointing: bool = False,  # recompute UNet block activations in backward (3D memory)
         **common,
     ) -> None:
         super().__init__(optimizer=optimizer, **common)
         self.sample_shape = tuple(int(s) for s in (sample_shape or self.image_shape))
         extra = {"num_class_embeds": self.num_classes + 1} if self.conditional else {}  # last index = "no label"
         self.net = build(net, **extra)
+        # ----- speed options (synth/models/speed.py); before the EMA copy so that it shares them
+        self.compile_mode = compile_mode(compile)
+        self.channels_last = bool(channels_last)
+        if gradient_checkpointing:
+            checkpoint_unet_blocks(self.net)
+        if self.channels_last:
+            to_channels_last(self.net, self.spatial_dims)
+        self._compiled: dict = {}  # sampling networks compiled by torch.compile (outside the module tree)
         self.scheduler_cfg = OmegaConf.to_container(scheduler, resolve=True) if OmegaConf.is_config(scheduler) else dict(scheduler)
         # kept outside the module tree: schedulers hold no trained state (and RFlowScheduler is not a full nn.Module)
         self._train_scheduler = {"scheduler": instantiate(self.scheduler_cfg)}
@@ -65,7 +77,13 @@ class DiffusionModule(GenerativeModule):
             self.ema = AveragedModel(self.net, avg_fn=partial(ema_update, decay=float(ema_decay)), use_buffers=True)
             self.ema.requires_grad_(False)
         levels = len(net["channels"])
-        self.check_divisible(2 ** (levels - 1), f"the UNet has {levels} levels", shape=self.sample_shape)
+        latent = self.sample_shape != self.image_shape  # latent diffusion: the UNet sees the latent, not the image
+        self.check_divisible(2 ** (levels - 1), f"the UNet has {levels} levels", shape=self.sample_shape if latent else None)
+        total = self.scheduler.num_train_timesteps
+        if self.default_sampler not in self.samplers:
+            raise SynthError(f"model.sampler={sampler} is not in model.samplers: use one of {sorted(self.samplers)}")
+        if not 1 <= self.default_steps <= total:
+            raise SynthError(f"model.sampling_steps={self.default_steps} is out of range for model.scheduler.num_train_timesteps={total}: use 1..{total}")
 
     @property
     def scheduler(self):
@@ -75,6 +93,21 @@ class DiffusionModule(GenerativeModule):
     # ----- encoding hooks (latent diffusion overrides them) ------------------------------------------------
     def to_diffusion_space(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    # ----- speed options --------------------------------------------------------------------------------------
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=memory_format(self.spatial_dims)) if self.channels_last else x
+
+    def on_train_start(self) -> None:  # (latent diffusion has its own on_fit_start)
+        if self.compile_mode in ("train", "all"):
+            self.net.compile()  # in place: parameters and state_dict keys unchanged
+
+    def _sampling_net(self, net):
+        if self.compile_mode not in ("sample", "all") or getattr(net, "_compiled_call_impl", None) is not None:
+            return net
+        if id(net) not in self._compiled:
+            self._compiled[id(net)] = torch.compile(net)
+        return self._compiled[id(net)]
 
     def from_diffusion_space(self, z: torch.Tensor) -> torch.Tensor:
         return z
@@ -89,7 +122,7 @@ class DiffusionModule(GenerativeModule):
         return labels
 
     def _loss(self, batch: dict, drop_labels: bool) -> torch.Tensor:
-        x = self.to_diffusion_space(batch["image"])
+        x = self._fmt(self.to_diffusion_space(batch["image"]))
         noise = torch.randn_like(x)
         if self.flow:
             t = self.scheduler.sample_timesteps(x)
@@ -183,9 +216,9 @@ class DiffusionModule(GenerativeModule):
         self._check_conditioning(condition)
         labels = self.condition_labels(condition, n)
         guidance = self.guidance if guidance is None else float(guidance)
-        net = self.ema.module if use_ema and self.ema is not None else self.net
+        net = self._sampling_net(self.ema.module if use_ema and self.ema is not None else self.net)
         sched = self.sampling_scheduler(sampler, steps)
-        x = torch.randn((n, *self.sample_shape), generator=generator, device=self._noise_device(generator)).to(self.device)
+        x = self._fmt(torch.randn((n, *self.sample_shape), generator=generator, device=self._noise_device(generator)).to(self.device))
         step_gen = generator if generator is not None and generator.device == self.device else None
         timesteps = list(sched.timesteps)
         for i, t in enumerate(tqdm(timesteps, desc=f"{sampler or self.default_sampler} sampling", disable=not progress, leave=False)):
