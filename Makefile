@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 DEEPSPEED ?= deepspeed==0.19.8
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install demo test test-slow test-all clean-outputs
+.PHONY: help install demo test test-slow test-all bench clean-outputs
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test-slow: install  ## run only the slow end-to-end tests
 
 test-all: install  ## run every test
 	$(PY) -m pytest -q
+
+bench: install  ## speed benchmark (ratios measured side by side; CPU, or the GPU if any): prints the table, writes BENCHMARKS.md (under 10 minutes on 2 cores)
+	$(PY) benchmarks/bench.py
 
 clean-outputs:  ## delete all run dirs under outputs/ (asks nothing: be sure)
 	rm -rf outputs/

@@ -7,12 +7,14 @@ import synth  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from synth.tasks import run_cli, train
+    from synth.tasks import optimized_value, run_cli, train
 
     metrics, _ = run_cli(train, cfg)
-    name = cfg.get("optimized_metric")
-    return metrics.get(name) if name else None
+    return run_cli(optimized_value, cfg, metrics)
 
 
 if __name__ == "__main__":
+    from synth.config_check import check_cli
+
+    check_cli("train")  # config mistakes as one line (exit 2), before Hydra creates a run dir
     main()

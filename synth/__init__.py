@@ -16,7 +16,8 @@ def resolve_run_dir(run_dir: str) -> str:
     """`latest` -> newest run under outputs/ (single or multirun); otherwise the path itself, which must be a run dir."""
     path = Path(str(run_dir))
     if str(run_dir) == "latest":
-        found = [*Path("outputs").glob("train/*/config.yaml"), *Path("outputs").glob("train_multirun/*/*/config.yaml")]
+        found = [*Path("outputs").glob("train/*/config.yaml"), *Path("outputs").glob("train_multirun/*/*/config.yaml"),
+                 *Path("outputs").glob("sweeps/*/*/config.yaml")]
         runs = sorted(found, key=lambda p: p.stat().st_mtime)
         if not runs:
             _die("run_dir=latest but outputs/train holds no finished run: train one first (python train.py)")
@@ -37,6 +38,21 @@ def default_shape(spatial_dims: int, size_2d: int, size_3d: int):
     return OmegaConf.create([int(size_2d)] * 2 if int(spatial_dims) == 2 else [int(size_3d)] * int(spatial_dims))
 
 
+def slurm_tasks(devices, accelerator: str = "gpu", gpus: bool = False):
+    """SLURM tasks per node (one per device: Lightning reads its rank from SLURM) or, with `gpus`, GPUs per node
+    (none for CPU jobs). `devices` must be a count: SLURM allocates before Lightning could look."""
+    try:
+        n = int(devices)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 1:
+        _die(f"trainer.devices={devices}: on SLURM give the number of GPUs per node, e.g. trainer.devices=4 (SLURM allocates them before the job starts)")
+    if gpus:
+        return None if str(accelerator) == "cpu" else n
+    return n
+
+
+OmegaConf.register_new_resolver("slurm_tasks", slurm_tasks, replace=True)
 OmegaConf.register_new_resolver("len", lambda x: len(x), replace=True)
 OmegaConf.register_new_resolver("shape", default_shape, replace=True)
 OmegaConf.register_new_resolver("resolve_run_dir", resolve_run_dir, replace=True)

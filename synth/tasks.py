@@ -11,27 +11,45 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
-from synth import _die
+from synth import _die, scale
+from synth.checkpoint_io import AtomicCheckpointIO
 from synth.errors import SynthError
+from synth.tracking import default_wandb_offline, finish_wandb
 
 log_line = rank_zero_only(lambda msg: print(f"[synth] {msg}", flush=True))
 
 
-def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run a task from an entry script: user errors become one line on stderr and exit code 2."""
+def _in_multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_cli(task: Callable[..., Any], cfg: DictConfig, *args: Any) -> Any:
+    """Run a task from an entry script: user errors become one line on stderr and exit code 2 (inside a
+    multirun the error is raised instead, so one failed job does not end the sweep)."""
     from hydra.errors import InstantiationException
 
+    from synth.config_check import check_targets
+
     try:
-        return task(cfg)
+        check_targets(cfg)  # a misspelled key in a YAML file is refused before anything is built
+        return task(cfg, *args)
     except SynthError as err:
+        if _in_multirun():  # one job of a sweep failed: the sweeper records it and goes on (the job log has the line)
+            log_line(f"error: {err}")
+            raise
         _die(str(err))
     except InstantiationException as err:  # a constructor refused its config: show the cause, not the wrapper
         cause = err.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
         if isinstance(cause, SynthError):
+            if _in_multirun():
+                log_line(f"error: {cause}")
+                raise cause from None
             _die(str(cause))
         raise
 
@@ -55,52 +73,49 @@ def find_checkpoint(run_dir: Path, which: str = "last") -> Path:
     return path
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Loads tensors and plain data only (weights_only): a checkpoint cannot run code on load."""
+def load_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """Loads tensors and plain data only (weights_only): a checkpoint cannot run code on load. `mmap` reads
+    lazily (a cheap validity check of a large file)."""
+    import pickle
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated file, not a checkpoint, pickled code
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):  # it would have run code
+            raise SynthError(f"checkpoint {path} holds pickled Python objects, which synth never loads (they could run code): use a checkpoint written by train.py") from None
         raise SynthError(f"cannot read checkpoint {path} ({type(err).__name__}): it is corrupt or not a synth checkpoint; use another (ckpt=best)") from None
-    if "synth" not in state or "state_dict" not in state:
+    if not isinstance(state, dict) or "synth" not in state or "state_dict" not in state:
         raise SynthError(f"{path} is not a synth checkpoint (no synth metadata): pass a checkpoint written by train.py")
     return state
 
 
-def resolve_resume(ckpt_path: str | None) -> str | None:
+def newest_run_with_checkpoint(outputs: str | Path = "outputs") -> Path:
+    """The newest run under <outputs>/train (or train_multirun) that holds checkpoints/last.ckpt (by that file's time)."""
+    found = [*Path(outputs).glob("train/*/checkpoints/last.ckpt"), *Path(outputs).glob("train_multirun/*/*/checkpoints/last.ckpt")]
+    if not found:
+        raise SynthError(f"ckpt_path=last but no run under {outputs}/train holds checkpoints/last.ckpt: pass ckpt_path=<run dir or .ckpt file>, or start without ckpt_path")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def resolve_resume(ckpt_path: str | None, outputs: str | Path = "outputs") -> str | None:
+    """`ckpt_path` -> the checkpoint file to resume from: a .ckpt file, a run dir (its last.ckpt), or `last` (the
+    newest run under `outputs` with a last.ckpt). The file is checked to be a readable synth checkpoint."""
     if ckpt_path in (None, ""):
         return None
     path = Path(str(ckpt_path))
-    if path.is_dir():
-        return str(find_checkpoint(path, "last"))
-    if not path.is_file():
-        raise SynthError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file or a run dir that holds checkpoints/last.ckpt")
+    if str(ckpt_path) == "last" and not path.exists():
+        path = newest_run_with_checkpoint(outputs)
+    elif path.is_dir():
+        path = find_checkpoint(path, "last")
+    elif not path.is_file():
+        raise SynthError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file, a run dir that holds checkpoints/last.ckpt, or ckpt_path=last")
+    load_checkpoint(path, mmap=True)  # refuse a broken or foreign file now, with its name, rather than mid-setup
     return str(path)
 
 
 # ----- train ----------------------------------------------------------------------------------------------
 def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
-
-
-def _strategy(cfg: DictConfig, model) -> Any:
-    """A configured strategy object (strategy=ddp ...) wins over the trainer's strategy name. Strategies a model
-    cannot use are refused here, before any process starts."""
-    if "_target_" not in cfg.strategy:
-        return cfg.trainer.get("strategy", "auto")
-    target = str(cfg.strategy._target_)
-    choice = HydraConfig.get().runtime.choices.get("strategy", target) if HydraConfig.initialized() else target
-    sharded = "DeepSpeed" in target or "FSDP" in target
-    if sharded and not model.automatic_optimization:
-        raise SynthError(
-            f"model={cfg.model.name} steps two optimizers by hand (adversarial training), which strategy={choice} does not "
-            "support: use strategy=ddp_find_unused (or trainer=ddp trainer.strategy=ddp_find_unused_parameters_true)"
-        )
-    if "DeepSpeed" in target:
-        import importlib.util
-
-        if importlib.util.find_spec("deepspeed") is None:
-            raise SynthError(f"strategy={choice} needs the deepspeed package: pip install deepspeed (on the GPU machine), or use strategy=ddp")
-    return instantiate(cfg.strategy)
 
 
 @rank_zero_only
@@ -131,41 +146,27 @@ def _save_final(trainer) -> None:
     trainer.save_checkpoint(str(Path(cb.dirpath) / "last.ckpt"))  # collective: every rank calls it
 
 
-def _refuse_local_multirun_ddp(cfg: DictConfig) -> None:
-    """Lightning's DDP re-launches the script per rank; inside a local Hydra multirun that re-runs the sweep."""
-    if not HydraConfig.initialized():
-        return
-    from hydra.types import RunMode
-
-    hydra_cfg = HydraConfig.get()
-    local = "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
-    devices = cfg.trainer.get("devices", 1)
-    spawns = str(cfg.trainer.get("strategy", "auto")).startswith("ddp") or "_target_" in cfg.strategy
-    if hydra_cfg.mode == RunMode.MULTIRUN and local and spawns and devices not in (1, "1"):
-        raise SynthError(
-            "a local multirun (-m) cannot launch multi-process DDP jobs: run each DDP job on its own, "
-            "without -m (or sweep through a cluster launcher that starts one process per rank)"
-        )
-
-
-def _pin_hydra_run_dir() -> None:
-    """Lightning re-launches DDP ranks with `hydra.run.dir=<HydraConfig run.dir>`; that value is an
-    interpolation of `now`, so pin it to the dir this job really has or each rank would get its own."""
-    if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-        with open_dict(hydra_cfg), read_write(hydra_cfg):
-            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+def optimized_value(cfg: DictConfig, metrics: dict) -> float | None:
+    """The value a sweeper optimizes: `metrics[cfg.optimized_metric]`; a name the run never logged is an error."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise SynthError(f"optimized_metric={name} was not logged by this run (it has: {', '.join(sorted(metrics)) or 'nothing'}): pick one of those")
+    return float(metrics[name])
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Compose data, model, trainer from `cfg`; fit; return (metrics, objects)."""
     import lightning as L
 
-    _refuse_local_multirun_ddp(cfg)
-    _pin_hydra_run_dir()
+    scale.refuse_local_multirun_ddp(cfg)
+    scale.pin_hydra_run_dir()
     run_dir = Path(cfg.paths.output_dir)
-    resume = resolve_resume(cfg.get("ckpt_path"))
+    resume = scale.requeued_checkpoint(run_dir) or resolve_resume(cfg.get("ckpt_path"), cfg.paths.log_dir)
     _refuse_reuse(run_dir, resume)
+    if resume and Path(resume).resolve().is_relative_to(run_dir.resolve()):
+        scale.keep_csv_log(run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data)
@@ -182,8 +183,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     _write_json(run_dir / "data_meta.json", meta)
 
     callbacks = _instantiate_all(cfg.get("callbacks"))
+    default_wandb_offline()
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=_strategy(cfg, model))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=scale.strategy(cfg, model),
+                          plugins=[AtomicCheckpointIO(), *scale.cluster_plugins()])
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     log_line(f"run dir: {run_dir}  |  {cfg.model.name} ({model.family}, {model.n_parameters:,} parameters) on {meta['name']} {meta['image_size']}x{meta['channels']}ch, {meta['n_train']} train items")
@@ -217,16 +220,47 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
         write_samples(model, run_dir / "samples" / "after_training", n=int(cfg.sample_after), seed=cfg.seed)
     log_line(f"done: {trainer.global_step} steps in {train_seconds:.0f}s; checkpoints in {run_dir / 'checkpoints'}")
+    if cfg.get("evaluate"):
+        metrics.update(_evaluate_after(cfg, trainer, run_dir))
+    finish_wandb(trainer.loggers)
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer, "run_dir": run_dir}
 
 
+def _evaluate_after(cfg: DictConfig, trainer, run_dir: Path) -> dict:
+    """`evaluate=true`: evaluate.py on the finished run (rank 0), its metrics sent to the run's loggers and
+    returned as `eval/...` (a sweep may optimize them: optimized_metric=eval/frd)."""
+    if not trainer.is_global_zero:
+        return {}
+    from synth.evaluation import evaluate_run, flat_metrics
+    from synth.tracking import log_evaluation
+
+    out_dir = run_dir / "eval" / "after_training"
+    result = evaluate_run(run_dir, n=cfg.get("evaluate_n"), out_dir=out_dir, seed=int(cfg.seed))
+    log_evaluation(trainer.loggers, result, trainer.global_step, out_dir)
+    log_line(f"evaluation: {out_dir / 'report.md'}")
+    return flat_metrics(result)
+
+
 # ----- generate -------------------------------------------------------------------------------------------
+def load_run_config(run_dir: Path) -> DictConfig:
+    """A run's saved config.yaml, read as plain YAML data (OmegaConf's safe loader: no Python tags, no code)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SynthError(f"cannot read {path} ({first}): it is not a config written by train.py; retrain or restore that file") from None
+    if not isinstance(cfg, DictConfig) or "model" not in cfg or "_target_" not in cfg.model:
+        raise SynthError(f"{path} has no model section: it is not a config written by train.py; pass a run dir made by train.py")
+    return cfg
+
+
 def load_run(run_dir: Path, ckpt: str = "last"):
     """A trained module from a run dir: its saved config builds the network, its checkpoint fills it."""
     from synth import resolve_run_dir
 
     run_dir = Path(resolve_run_dir(str(run_dir)))
-    train_cfg = OmegaConf.load(run_dir / "config.yaml")
+    train_cfg = load_run_config(run_dir)
     state = load_checkpoint(find_checkpoint(run_dir, ckpt))
     info = state["synth"]
     if info.get("family") != train_cfg.model.family or info.get("model", train_cfg.model.name) != train_cfg.model.name:
