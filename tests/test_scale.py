@@ -209,3 +209,13 @@ def test_fsdp_strategy_object_builds(tmp_path):
     cfg = compose_train(tmp_path, [*TINY_DDPM, "strategy=fsdp", "trainer=ddp"])
     obj = instantiate(cfg.strategy)
     assert isinstance(obj, FSDPStrategy)
+
+
+@pytest.mark.slow
+def test_gpu_strategies_script_runs_its_cpu_path(tmp_path):
+    """benchmarks/gpu_strategies.py (the GPU check of ddp/deepspeed/fsdp) on its CPU path: train, sample, table."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_strategies.py"), "--cpu"], cwd=tmp_path, env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    row = json.loads(res.stdout.splitlines()[0])
+    assert row["strategy"] == "ddp" and row["steps"] == 20 and row["samples"] == 4 and row["val_loss"] > 0
