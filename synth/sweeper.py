@@ -102,6 +102,9 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             super().sweep(arguments)
         except _StopSweep:
             pass
+        except RuntimeError as err:  # GridSampler calls Study.stop when its grid is used up; the stock sweeper lets that
+            if "Study.stop" not in str(err):  # escape when the last grid point failed
+                raise
         except ValueError as err:  # the stock sweeper asks for the best trial even when none finished
             if "Record does not exist" not in str(err):
                 raise

@@ -277,11 +277,11 @@ def load_run(run_dir: Path, ckpt: str = "last"):
     return model, train_cfg
 
 
+@torch.no_grad()  # scoped: a global switch would leak into whatever runs next in this process
 def generate(cfg: DictConfig) -> dict:
     """Sample `cfg.n` images from a run into <run>/samples/<time>/ (Hydra's run dir for this job)."""
     from synth.sampling import pick_device, write_samples
 
-    torch.set_grad_enabled(False)
     model, _ = load_run(cfg.run_dir, cfg.ckpt)
     model.to(pick_device(cfg.device))
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.output_dir)

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -109,6 +110,7 @@ def test_3d_run(tmp_path):
     cfg = compose_train(tmp_path, ["model=vae", *TINY["vae"], *phantom(3, size=8, n=16), "data.split=[0.5,0.25,0.25]", *quick(2)])
     _, objs = train(cfg)
     m = evaluate_run(objs["run_dir"], n=4, max_images=4, seed=1)
+    assert torch.is_grad_enabled()  # evaluation turns gradients off for itself only (not for a next job in-process)
     assert m["spatial_dims"] == 3 and m["image_shape"] == [1, 8, 8, 8] and m["n_real"] == 4
     for row in m["rows"].values():
         assert all(math.isfinite(row[k]) for k in ROW_METRICS)

@@ -33,7 +33,10 @@ def _env() -> dict:
 
 
 def _trials(db: Path, study: str = "ddpm_phantom") -> list:
-    return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+    try:
+        return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+    except KeyError:  # the file exists before the study is recorded in it
+        return []
 
 
 def _complete(trials) -> list:

@@ -203,6 +203,7 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "process peak RSS (CPU; includes data and libraries)"
 
 
+@torch.no_grad()  # not torch.set_grad_enabled(False): that would leak into the next job of an in-process multirun
 def evaluate_run(
     run_dir: Path,
     n: int | None = None,         # samples to generate (None: as many as the real reference set)
@@ -227,7 +228,6 @@ def evaluate_run(
     from synth.tasks import load_run
 
     run_dir = Path(resolve_run_dir(str(run_dir)))
-    torch.set_grad_enabled(False)
     model, train_cfg = load_run(run_dir, ckpt)
     dev = pick_device(device)
     model.to(dev)
