@@ -7,10 +7,9 @@ import synth  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from synth.tasks import optimized_value, run_cli, train
+    from synth.tasks import run_cli, train_and_score
 
-    metrics, _ = run_cli(train, cfg)
-    return run_cli(optimized_value, cfg, metrics)
+    return run_cli(train_and_score, cfg)  # the value of cfg.optimized_metric, for a sweeper (None without one)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_cli(task: Callable[..., Any], cfg: DictConfig, *args: Any) -> Any:
+def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run a task from an entry script: user errors become one line on stderr and exit code 2 (inside a
     multirun the error is raised instead, so one failed job does not end the sweep)."""
     from hydra.errors import InstantiationException
@@ -36,7 +36,7 @@ def run_cli(task: Callable[..., Any], cfg: DictConfig, *args: Any) -> Any:
 
     try:
         check_targets(cfg)  # a misspelled key in a YAML file is refused before anything is built
-        return task(cfg, *args)
+        return task(cfg)
     except SynthError as err:
         if _in_multirun():  # one job of a sweep failed: the sweeper records it and goes on (the job log has the line)
             log_line(f"error: {err}")
@@ -154,6 +154,12 @@ def optimized_value(cfg: DictConfig, metrics: dict) -> float | None:
     if name not in metrics:
         raise SynthError(f"optimized_metric={name} was not logged by this run (it has: {', '.join(sorted(metrics)) or 'nothing'}): pick one of those")
     return float(metrics[name])
+
+
+def train_and_score(cfg: DictConfig) -> float | None:
+    """train.py's task: train, then return the metric a sweeper optimizes."""
+    metrics, _ = train(cfg)
+    return optimized_value(cfg, metrics)
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
