@@ -14,11 +14,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from synth import _die, scale
+from synth.scale import log_line  # noqa: F401  (re-exported: other modules import it from here)
 from synth.checkpoint_io import AtomicCheckpointIO
 from synth.errors import SynthError
 from synth.tracking import default_wandb_offline, finish_wandb
 
-log_line = rank_zero_only(lambda msg: print(f"[synth] {msg}", flush=True))
 
 
 def _in_multirun() -> bool:
