@@ -7,11 +7,13 @@ import synth  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="compare")
 def main(cfg: DictConfig) -> None:
+    from synth.cli import run_task
     from synth.evaluation.compare import compare
-    from synth.tasks import run_cli
 
-    run_cli(compare, cfg)
+    run_task(compare, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from synth.cli import launch
+
+    launch(main)

@@ -7,11 +7,13 @@ import synth.evaluation  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    from synth.cli import run_task
     from synth.evaluation.run import evaluate
-    from synth.tasks import run_cli
 
-    run_cli(evaluate, cfg)
+    run_task(evaluate, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from synth.cli import launch
+
+    launch(main)

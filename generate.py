@@ -7,13 +7,13 @@ import synth  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    from synth.tasks import generate, run_cli
+    from synth.cli import run_task
+    from synth.tasks import generate
 
-    run_cli(generate, cfg)
+    run_task(generate, cfg)
 
 
 if __name__ == "__main__":
-    from synth.config_check import check_cli
+    from synth.cli import launch
 
-    check_cli("generate")  # config mistakes as one line (exit 2), before Hydra creates a run dir
-    main()
+    launch(main)  # every user mistake as one line (exit 2), checked before Hydra makes an output dir

@@ -7,13 +7,13 @@ import synth  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from synth.tasks import run_cli, train_and_score
+    from synth.cli import run_task
+    from synth.tasks import train_and_score
 
-    return run_cli(train_and_score, cfg)  # the value of cfg.optimized_metric, for a sweeper (None without one)
+    return run_task(train_and_score, cfg)  # the value of cfg.optimized_metric, for a sweeper (None without one)
 
 
 if __name__ == "__main__":
-    from synth.config_check import check_cli
+    from synth.cli import launch
 
-    check_cli("train")  # config mistakes as one line (exit 2), before Hydra creates a run dir
-    main()
+    launch(main)  # every user mistake as one line (exit 2), checked before Hydra makes a run dir

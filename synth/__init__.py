@@ -4,33 +4,11 @@ Importing the package is cheap (no torch): it only registers the OmegaConf resol
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from omegaconf import OmegaConf
 
+from synth.errors import SynthError
+
 __version__ = "0.1.0"
-
-
-def resolve_run_dir(run_dir: str) -> str:
-    """`latest` -> newest run under outputs/ (single or multirun); otherwise the path itself, which must be a run dir."""
-    path = Path(str(run_dir))
-    if str(run_dir) == "latest":
-        found = [*Path("outputs").glob("train/*/config.yaml"), *Path("outputs").glob("train_multirun/*/*/config.yaml"),
-                 *Path("outputs").glob("sweeps/*/*/config.yaml")]
-        runs = sorted(found, key=lambda p: p.stat().st_mtime)
-        if not runs:
-            _die("run_dir=latest but outputs/train holds no finished run: train one first (python train.py)")
-        path = runs[-1].parent
-    if not (path / "config.yaml").is_file():
-        _die(f"run_dir={run_dir} is not a synth run dir (no config.yaml): pass a dir made by train.py")
-    return str(path.resolve())
-
-
-def _die(message: str) -> None:
-    """Exit with one line; used where Hydra would otherwise print a traceback (resolvers, entry scripts)."""
-    sys.stderr.write(f"synth: error: {message}\n")
-    raise SystemExit(2)
 
 
 def default_shape(spatial_dims: int, size_2d: int, size_3d: int):
@@ -46,10 +24,17 @@ def slurm_tasks(devices, accelerator: str = "gpu", gpus: bool = False):
     except (TypeError, ValueError):
         n = -1
     if n < 1:
-        _die(f"trainer.devices={devices}: on SLURM give the number of GPUs per node, e.g. trainer.devices=4 (SLURM allocates them before the job starts)")
+        raise SynthError(f"trainer.devices={devices}: on SLURM give the number of GPUs per node, e.g. trainer.devices=4 (SLURM allocates them before the job starts)")
     if gpus:
         return None if str(accelerator) == "cpu" else n
     return n
+
+
+def resolve_run_dir(run_dir, log_dir=None) -> str:
+    """`latest` -> the newest run (under log_dir, else $PROJECT_ROOT/outputs) that holds a checkpoint; else the run dir itself."""
+    from synth.runs import resolve_run_dir as resolve
+
+    return str(resolve(run_dir, log_dir))
 
 
 OmegaConf.register_new_resolver("slurm_tasks", slurm_tasks, replace=True)

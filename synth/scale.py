@@ -3,6 +3,7 @@ use), DDP re-launch safety, SLURM / submitit integration (one owner for preempti
 requeued job resumes in place) and what a resumed run keeps."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from synth.errors import SynthError
 
-log_line = rank_zero_only(lambda msg: print(f"[synth] {msg}", flush=True))
+log = logging.getLogger(__name__)
 
 
 def strategy(cfg: DictConfig, model) -> Any:
@@ -72,7 +73,7 @@ def requeued_checkpoint(run_dir: Path) -> str | None:
         return None
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        log_line(f"requeued job: resuming from {last}")
+        rank_zero_only(log.info)(f"requeued job: resuming from {last}")
         return str(last)
     return None
 

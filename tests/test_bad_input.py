@@ -1,11 +1,14 @@
 """The bad-input matrix (issue #6): each mistake a user can make stops with exit code 2 and ONE line
 `synth: error: <cause>: <what to do>`, before anything is trained or written, and the user's files are left
 as they were. Hydra-level mistakes go through the real entry script; the rest run the same code in-process
-(synth.tasks.run_cli, what the entry scripts call), which is faster."""
+(synth.cli.run_task, what the entry scripts call), which is faster."""
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -18,8 +21,11 @@ from omegaconf import open_dict
 from PIL import Image
 
 from synth.data.phantom import write_fake_brats
-from synth.tasks import generate, run_cli, train
-from tests.conftest import CONF, TINY, compose_train, phantom, quick, run_script
+from synth.cli import run_task
+from synth.tasks import generate, train
+import torch
+
+from tests.conftest import CONF, ROOT, TINY, compose_train, phantom, quick, run_script
 
 
 # ----- helpers ----------------------------------------------------------------------------------------------
@@ -27,7 +33,7 @@ def one_line_error(capsys, task, cfg) -> str:
     """Run `task` as the entry scripts do; assert exit code 2 and exactly one error line; return it."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        run_cli(task, cfg)
+        run_task(task, cfg)
     assert exc.value.code == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("synth: error: ")]
@@ -107,13 +113,10 @@ def test_unknown_key_is_refused_with_the_closest_valid_one(tmp_path, capsys, whe
         assert not (tmp_path / "run").exists(), "nothing written"
 
 
-def test_key_check_knows_sweeps_and_every_shipped_config(tmp_path):
-    """No false alarms: a sweep is judged by its first job, and every config the repo ships passes the key check."""
-    from synth.config_check import check_cli, check_targets
+def test_every_shipped_config_passes_the_key_and_type_check(tmp_path):
+    """No false alarms: every config the repo ships passes the check of keys and value types."""
+    from synth.config_check import check_targets
 
-    check_cli("train", ["-m", "model=dcgan,wgan_gp", "model.latent_dim=16"])  # latent_dim exists for these models only
-    with pytest.raises(SystemExit):
-        check_cli("train", ["-m", "model=dcgan,wgan_gp", "model.latent_dimm=16"])
     conf = Path(CONF)
     choices = [[f"model={p.stem}"] for p in (conf / "model").glob("*.yaml")]
     choices += [[f"data={p.stem}"] for p in (conf / "data").glob("*.yaml")]
@@ -124,6 +127,12 @@ def test_key_check_knows_sweeps_and_every_shipped_config(tmp_path):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             check_targets(compose(config_name="train", overrides=overrides))
+
+
+def test_a_typo_in_a_multirun_is_one_line(tmp_path):
+    line = cli_error(run_script("train.py", ["-m", "model=dcgan,wgan_gp", "model.latent_dimm=16"], cwd=tmp_path))
+    assert "model.latent_dimm is not a key of model" in line
+    assert not (tmp_path / "outputs").exists()
 
 
 # ----- 2. shapes and channels ---------------------------------------------------------------------------------
@@ -257,10 +266,10 @@ def compose_generate(out_dir: Path, overrides: list[str]):
 
 @pytest.mark.parametrize("case,expect", [
     ("no_checkpoint", "no last checkpoint in"),
-    ("other_family", "the checkpoint holds a vae (autoencoder) model but"),
+    ("other_family", "last.ckpt holds a vae (autoencoder) model but"),
     ("condition_unconditional", "this ddpm model is unconditional: drop condition="),
     ("steps_out_of_range", "steps=100000 is out of range for a model trained with 100 timesteps: use 1..100"),
-    ("steps_negative", "steps=-1 is out of range"),
+    ("steps_negative", "steps=-1 must be a whole number >= 1"),
 ])
 def test_generate_refuses(runs, tmp_path, capsys, case, expect):
     """(generate.py's own exit code 2 on such a refusal: tests/test_cli.py::test_generate_refuses_bad_requests)"""
@@ -295,3 +304,111 @@ def test_ldm_pointing_at_a_non_autoencoder_run(runs, tmp_path, capsys, target):
     line = train_error(capsys, tmp_path, [*phantom(2, size=16, n=8), f"model.autoencoder_run={where}"], model="ldm")
     assert f"model.autoencoder_run={where}" in line
     assert ("is a diffusion run: latent diffusion needs a vae, ae or vqvae run" if target == "diffusion_run" else "no config.yaml") in line
+
+
+# ----- 5. values of the wrong type or out of range: refused before Hydra makes a run dir ------------------------------
+@pytest.mark.parametrize("override,expect", [
+    ("trainer.max_steps=abc", "trainer.max_steps=abc is not a whole number, which Trainer needs"),
+    ("data.batch_size=two", "data.batch_size=two is not a whole number, which SynthDataModule needs"),
+    ("data.batch_size=0", "data.batch_size=0 must be at least 1: e.g. data.batch_size=16"),
+    ("data.batch_size=-1", "data.batch_size=-1 must be at least 1"),
+    ("trainer.max_steps=-5", "trainer.max_steps=-5 is negative: set a positive number of steps"),
+    ("trainer.max_steps=0", "trainer.max_steps=0 trains nothing"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 trains nothing"),
+    ("model.optimizer.lr=nan", "model.optimizer.lr=nan is not a positive finite number: set a learning rate"),
+    ("model.optimizer.lr=0", "model.optimizer.lr=0 learns nothing"),
+    ("model.net.in_channels=3", "model.net.in_channels=3 but the data has data.channels=1"),
+    ("model.net.num_head_channels=3", "model.net.num_head_channels=3 does not divide the widths with attention [16]"),
+    ("model.net.norm_num_groups=5", "model.net.norm_num_groups=5 does not divide every width in model.net.channels=[8, 16]"),
+    ("trainer.precision=8", "trainer.precision=8 is not one of 64, 32, 16, transformer-engine"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval=0 must be > 0"),
+])
+def test_wrong_type_or_range_is_one_line(tmp_path, capsys, override, expect):
+    line = train_error(capsys, tmp_path, [*phantom(2), override])
+    assert expect in line
+    assert not (tmp_path / "run").exists(), "refused before anything was written"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("override,expect", [
+    ("trainer.accelerator=gpu", "trainer.accelerator=gpu (e.g. trainer=gpu or trainer=ddp) but no CUDA GPU is visible here: use trainer=cpu"),
+    ("strategy=fsdp", "strategy=fsdp shards a model over GPUs but no CUDA GPU is visible here: use strategy=auto"),
+    ("strategy=deepspeed_stage_2", "strategy=deepspeed shards a model over GPUs"),
+])
+def test_gpu_settings_without_a_gpu(tmp_path, capsys, override, expect):
+    assert expect in train_error(capsys, tmp_path, [*phantom(2), override])
+
+
+def test_refusals_through_the_entry_script_leave_no_run_dir(tmp_path):
+    """The same checks, as a user meets them: one line, exit 2, and no outputs/ folder at all (the Hydra callback
+    checks the composed config before Hydra makes the run dir)."""
+    for override in ("trainer.max_steps=abc", "model.optimizer.lr=nan"):
+        line = cli_error(run_script("train.py", ["data=phantom", override], cwd=tmp_path))
+        assert override in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_data_refused_after_the_run_dir_was_made_leaves_nothing_behind(tmp_path):
+    """A refusal found while reading the data (after Hydra made the run dir): the dir and its records are removed."""
+    line = cli_error(run_script("train.py", ["data=folder", f"data.root={tmp_path / 'nope'}", "data.channels=1"], cwd=tmp_path))
+    assert "does not exist: point data.root" in line
+    assert list((tmp_path / "outputs" / "train").glob("*")) == [], "a refused run leaves nothing that looks like a run"
+
+
+def test_same_run_dir_for_two_runs_is_refused(tmp_path):
+    run = tmp_path / "shared"
+    args = ["model=ddpm", *TINY["ddpm"], *phantom(2, size=16, n=8), "trainer.max_steps=2", "trainer.val_check_interval=2",
+            "callbacks.sample_grid.n=0", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"]
+    first = run_script("train.py", args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = snapshot(run)
+    line = cli_error(run_script("train.py", [*args, "model.optimizer.lr=1e-3"], cwd=tmp_path))
+    assert f"{run} already belongs to another run" in line and f"ckpt_path={run}" in line
+    assert snapshot(run) == before, "the first run's files are left exactly as they were"
+
+
+def test_edited_run_config_is_refused_with_one_line(runs, tmp_path, capsys):
+    """A config.yaml edited by hand: a misspelled _target_, a value of the wrong type."""
+    for edit, expect in [(("synth.models.DiffusionModule", "synth.models.DifusionModule"), "model._target_=synth.models.DifusionModule does not exist"),
+                         (("max_steps: 2", "max_steps: two"), "trainer.max_steps=two is not a whole number")]:
+        run = tmp_path / f"copy_{len(edit[1])}"
+        shutil.copytree(runs["ddpm"], run)
+        text = (run / "config.yaml").read_text()
+        assert edit[0] in text
+        (run / "config.yaml").write_text(text.replace(edit[0], edit[1]))
+        line = one_line_error(capsys, generate, compose_generate(tmp_path / f"out_{len(edit[1])}", [f"run_dir={run}", "n=1"]))
+        assert str(run / "config.yaml") in line and expect in line
+
+
+def test_resume_with_a_checkpoint_of_another_architecture_is_one_line(runs, tmp_path, capsys):
+    line = train_error(capsys, tmp_path, [*phantom(2, size=16, n=8), "model.net.channels=[8,8]", f"ckpt_path={runs['ddpm']}"])
+    assert "does not fit the network of this run (model=ddpm)" in line and "use a checkpoint of the same architecture" in line
+    line = train_error(capsys, tmp_path / "other", [*phantom(2, size=16, n=8), f"ckpt_path={runs['vae']}"])
+    assert "holds a vae (autoencoder) model but this run (model=ddpm) is a ddpm (diffusion) run" in line
+
+
+@pytest.mark.parametrize("override,expect", [("steps=0", "steps=0 must be a whole number >= 1"), ("n=0", "n=0 must be a whole number >= 1"),
+                                             ("batch_size=-2", "batch_size=-2 must be a whole number >= 1"), ("guidance=abc", "guidance=abc must be a number")])
+def test_generate_request_out_of_range(runs, tmp_path, capsys, override, expect):
+    assert expect in one_line_error(capsys, generate, compose_generate(tmp_path / "out", [f"run_dir={runs['ddpm']}", override]))
+
+
+def test_checkpoint_write_on_a_full_disk_is_one_line(tmp_path):
+    """A file-size limit makes the checkpoint write fail as a full disk does (EFBIG / ENOSPC): one line, and no
+    half-written file is left behind."""
+    import resource
+    import signal as _signal
+
+    def limit():
+        _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # a write past the limit then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+
+    args = ["model=ddpm", *TINY["ddpm"], *phantom(2, size=16, n=8), "trainer.max_steps=2", "trainer.val_check_interval=2",
+            "callbacks.sample_grid.n=0", "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=600, preexec_fn=limit)
+    line = cli_error(res)
+    assert "while writing" in line and "last.ckpt" in line and "free space" in line
+    ckpts = list(tmp_path.glob("outputs/train/*/checkpoints/*"))
+    assert not any(p.name.endswith(".partial") for p in ckpts) and not any(p.name == "last.ckpt" for p in ckpts)

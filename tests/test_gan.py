@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 
 from synth.errors import SynthError
 from synth.models.gan import d_loss_fn, g_loss_fn, gradient_penalty
-from synth.tasks import load_run, train
+from synth.runs import load_run
+from synth.tasks import train
 from tests.conftest import TINY, compose_train, phantom, quick, run_script
 
 

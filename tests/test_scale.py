@@ -178,7 +178,7 @@ def test_requeued_job_resumes_in_place(tmp_path):
     assert (tmp_path / "run" / "csv" / "metrics.1.csv").is_file()  # the first attempt's log is kept
     # without a cluster launcher the same situation is a reused run dir, which is refused
     cfg = compose_train(tmp_path, [*TINY_DDPM, *quick(10)])
-    with pytest.raises(SynthError, match="already holds a run"):
+    with pytest.raises(SynthError, match="already belongs to another run"):
         train(cfg)
 
 

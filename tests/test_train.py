@@ -6,7 +6,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from synth.tasks import load_checkpoint, train
+from synth.runs import load_checkpoint
+from synth.tasks import train
 from tests.conftest import MODELS, TINY, compose_train, phantom
 
 
@@ -79,7 +80,7 @@ def test_run_dir_is_never_reused(train_cfg):
 
     cfg = train_cfg("dcgan", steps=2, n=20)
     train(cfg)
-    with pytest.raises(SynthError, match="already holds a run"):
+    with pytest.raises(SynthError, match="already belongs to another run"):
         train(cfg)
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from synth.errors import SynthError
-from synth.tasks import load_checkpoint, load_run, train
+from synth.runs import load_checkpoint, load_run
+from synth.tasks import train
 from tests.conftest import TINY, compose_train, phantom, quick, run_script
 
 

@@ -15,9 +15,9 @@ def eval_dir(run_dir, log_dir) -> str:
     """Where evaluate.py writes: <run>/eval for a run, <log_dir>/evaluate for a folder of samples."""
     if run_dir in (None, "", "null"):
         return str(Path(str(log_dir)) / "evaluate")
-    from synth import resolve_run_dir
+    from synth.runs import resolve_run_dir
 
-    return str(Path(resolve_run_dir(str(run_dir))) / "eval")
+    return str(resolve_run_dir(str(run_dir), log_dir) / "eval")
 
 
 OmegaConf.register_new_resolver("eval_dir", eval_dir, replace=True)

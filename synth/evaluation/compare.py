@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -196,12 +197,10 @@ def compare(cfg: DictConfig):
     """The compare.py task: `runs=<multirun dir | [run, run, ...] | 'outputs/train/*'>`."""
     from hydra.core.hydra_config import HydraConfig
 
-    from synth.tasks import log_line
-
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.output_dir)
     eval_kwargs = {"n": cfg.evaluate.n, "batch_size": int(cfg.evaluate.batch_size), "device": str(cfg.evaluate.device), "seed": int(cfg.evaluate.seed)}
     df = compare_runs(expand_runs(cfg.runs), out_dir, evaluate_missing=bool(cfg.evaluate_missing), **eval_kwargs)
-    log_line(f"{len(df)} runs ({int((df['status'] == 'evaluated').sum())} evaluated) compared in {out_dir / 'compare.md'}")
+    logging.getLogger(__name__).info(f"{len(df)} runs ({int((df['status'] == 'evaluated').sum())} evaluated) compared in {out_dir / 'compare.md'}")
     if cfg.get("loggers"):
         from synth.tracking import log_comparison
 

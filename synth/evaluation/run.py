@@ -10,6 +10,7 @@ Every set-level metric of every row uses the same reference R and the same m."""
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import time
 from datetime import datetime
@@ -223,9 +224,9 @@ def evaluate_run(
     metrics.json content."""
     from hydra.utils import instantiate
 
-    from synth import resolve_run_dir
+    from synth.runs import resolve_run_dir
     from synth.sampling import pick_device, write_samples
-    from synth.tasks import load_run
+    from synth.runs import load_run
 
     run_dir = Path(resolve_run_dir(str(run_dir)))
     model, train_cfg = load_run(run_dir, ckpt)
@@ -299,8 +300,6 @@ def evaluate(cfg: DictConfig) -> dict:
     """The evaluate.py task: `run_dir=<run>` (sample + evaluate) or `samples=<folder> data=<data config>`."""
     from hydra.core.hydra_config import HydraConfig
 
-    from synth.tasks import log_line
-
     if cfg.get("real") is not None:
         raise SynthError(f"real={cfg.real}: name the real data with the data config group, as train.py does: data={cfg.real} (plus data.… overrides)")
     if cfg.run_dir is None and cfg.samples is None:
@@ -320,6 +319,6 @@ def evaluate(cfg: DictConfig) -> dict:
         metrics = evaluate_samples(cfg.samples, cfg.data, out_dir, normalize_samples=bool(cfg.normalize_samples), **common)
     syn = metrics["rows"]["synthetic"] or {}
     rr, nz = metrics["rows"]["real_vs_real"], metrics["rows"]["noise_vs_real"]
-    log_line(f"FRD {syn.get('frd', float('nan')):.3f} (real vs real {rr['frd']:.3f}, noise {nz['frd']:.3f}); report: {out_dir / 'report.md'}")
+    logging.getLogger(__name__).info(f"FRD {syn.get('frd', float('nan')):.3f} (real vs real {rr['frd']:.3f}, noise {nz['frd']:.3f}); report: {out_dir / 'report.md'}")
     return metrics
 

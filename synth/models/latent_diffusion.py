@@ -15,7 +15,7 @@ from synth.models.diffusion import DiffusionModule
 
 def load_autoencoder(run_dir: str, image_shape: tuple[int, ...]):
     """The trained autoencoder of `run_dir` (best checkpoint, else last), checked against this run's data."""
-    from synth.tasks import load_run, load_run_config  # late: tasks builds models
+    from synth.runs import load_run, load_run_config
 
     if run_dir in (None, "", "???") or not Path(str(run_dir)).is_dir():
         raise SynthError(f"model.autoencoder_run={run_dir} is not a run dir: train one first (python train.py model=vae ...) and pass its dir")
