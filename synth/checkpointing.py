@@ -12,6 +12,7 @@
 Writes are atomic (synth.checkpoint_io.AtomicCheckpointIO)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -58,6 +59,32 @@ class LastCheckpoint(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.fast_dev_run:
             self.save(trainer)
+
+
+@contextlib.contextmanager
+def startup_guard(trainer: L.Trainer):
+    """Around trainer.fit: a Ctrl-C or SIGTERM before the first step (data setup, DDP start-up) ends the run with
+    one line and takes the DDP ranks this process launched with it (left alone, they would wait for rank 0 until
+    their rendezvous timed out). From the first step on, SafeInterrupt handles signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def early(signum: int, frame: Any) -> None:
+        launcher = trainer.strategy.launcher
+        if launcher is not None:
+            launcher.kill(signal.SIGKILL)
+        raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} before the first training step: nothing was trained yet; "
+                                  "rerun the same command", signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, early)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 class SafeInterrupt(L.Callback):

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from synth.errors import SynthError, TrainingInterrupted
+from synth.logs import NOT_ON_CONSOLE, quiet_libraries
 
 log = logging.getLogger("synth")
 
@@ -62,7 +63,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         return task(cfg)
     except TrainingInterrupted as err:
-        log.warning(str(err))
+        log.warning(str(err), extra=NOT_ON_CONSOLE)  # the terminal gets it once, from die()
         die(str(err), code=err.exit_code, kind="stopped")
     except Exception as err:  # noqa: BLE001  (sorted below: user errors become one line, the rest re-raise)
         cause = _cause(err)
@@ -70,7 +71,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if message is None:
             log.exception("the run ended with an unexpected error")
             raise
-        log.error(message)
+        log.error(message, extra=NOT_ON_CONSOLE)  # the job's log file keeps the error that ended it
         if _in_multirun():  # one job of a sweep failed: the sweeper records it and goes on
             raise SynthError(message) from None
         die(message)
@@ -89,6 +90,7 @@ def user_error(err: BaseException) -> str | None:
 
 def launch(main: Callable[[], Any]) -> None:
     """Run a @hydra.main entry: Hydra composes once, and its errors reach us (HYDRA_FULL_ERROR) to become one line."""
+    quiet_libraries()
     user_wants_traces = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing a partial trace and exiting 1
     try:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from synth import runs, scale
 from synth.checkpoint_io import AtomicCheckpointIO
+from synth.checkpointing import startup_guard
 from synth.config_check import validate
 from synth.errors import SynthError
 from synth.tracking import default_wandb_offline, finish_wandb
@@ -77,6 +78,10 @@ def _prepare(cfg: DictConfig, run_dir: Path, resume: str | None):
         runs.check_fits(model, runs.load_checkpoint(resume), resume, f"this run (model={cfg.model.name})")
     _write_json(run_dir / "data_meta.json", meta)
     callbacks = _instantiate_all(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     default_wandb_offline()
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=scale.strategy(cfg, model),
@@ -116,7 +121,8 @@ def _fit(cfg: DictConfig, run_dir: Path, datamodule, model, trainer, resume: str
     info0(f"run dir: {run_dir}  |  {cfg.model.name} ({model.family}, {model.n_parameters:,} parameters) on {meta['name']} "
           f"{meta['image_size']}x{meta['channels']}ch, {meta['n_train']} train items" + (f"; resuming from {resume}" if resume else ""))
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    with startup_guard(trainer):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     train_seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best_cb = trainer.checkpoint_callback

@@ -332,3 +332,36 @@ def test_wandb_key_is_never_written(tmp_path, monkeypatch):
     leaked = [p for p in files if secret.encode() in p.read_bytes()]
     assert leaked == []
 
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_zero_stops_every_ddp_rank_with_the_same_checkpoint(tmp_path):
+    """DDP over 2 CPU processes: SIGTERM reaches rank 0 only; all ranks agree at the next step boundary, the
+    checkpoint holds that step, and no rank is left behind waiting for the others."""
+    args = [*LONG_RUN, "trainer=ddp_cpu", "data.batch_size=2", "trainer.max_steps=100000", "trainer.val_check_interval=1000"]
+    proc = _start(tmp_path, args)
+    deadline = time.time() + 400
+    try:
+        while True:
+            run = next(iter(tmp_path.glob("outputs/train/*")), None)
+            if run is not None and (run / "csv" / "metrics.csv").is_file() and _steps_trained(run) >= 3:
+                break
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:] if proc.poll() is not None else "too slow"
+            time.sleep(0.1)
+        ranks = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(tmp_path) in _cwd(p) and p.name != str(proc.pid)]
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    saved = _ckpt_step(run / "checkpoints" / "last.ckpt")
+    assert f"stopped by SIGTERM at step {saved}" in err and saved == _steps_trained(run)
+    time.sleep(2)
+    assert ranks and not [p for p in ranks if p.exists()], "a DDP rank outlived the run"
+
+
+def _cwd(proc: Path) -> str:
+    try:
+        return os.readlink(proc / "cwd")
+    except OSError:
+        return ""
