@@ -256,10 +256,57 @@ def test_mni152_2d_slices_and_3d_crops():
     ids = [set(dm.datasets[s].ids) for s in ("train", "val", "test")]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and all(ids)
 
-    dm3 = make_dm("mni152", spatial_dims=3, image_size=[16, 16, 16], **{"source.stride_mm": 48})
+    dm3 = make_dm("mni152", spatial_dims=3, image_size=[16, 16, 16], **{"source.stride_mm": 32})
     v = dm3.images("test")
-    assert v.shape[1:] == (1, 16, 16, 16) and dm3.meta["spacing"] == [6.0, 6.0, 6.0]
+    assert v.shape[1:] == (1, 16, 16, 16) and dm3.meta["spacing"] == [2.0, 2.0, 2.0]  # 32 mm cubes
     assert (v > -0.9).float().mean() > 0.3 and v.max() <= 1
+
+
+def _voxel_boxes(dm, split: str) -> list[tuple]:
+    """The template voxels each subject of a split was cut from: its box (3D and, since the leak fix, 2D) or its
+    z-range across the whole x/y plane (2D before it)."""
+    shape = (197, 233, 189)
+    out = []
+    for s in dm.subjects[split]:
+        if "box" in s.extra:
+            box = tuple(tuple(int(v) for v in ab) for ab in s.extra["box"])
+            out.append(box if len(box) == 3 else ((0, shape[0]), (0, shape[1]), box[-1]))
+        else:
+            out.append(((0, shape[0]), (0, shape[1]), tuple(int(v) for v in s.extra["z"])))
+    return out
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_mni152_held_out_blocks_do_not_touch_training_blocks(dims):
+    """#12 item 4: measured on the template grid, no val/test voxel lies in a training block, and at least 8 mm of
+    unused brain separates every held-out block from every training block (2D slabs were 1 mm apart, 3D test cubes
+    lay 99-100 % inside training cubes). Held-out images are then no near-copies of training images, and the
+    default still gives enough blocks to train and to test."""
+    from scipy.ndimage import distance_transform_edt
+
+    kw = {} if dims == 2 else {"spatial_dims": 3, "image_size": [16, 16, 16]}
+    dm = make_dm("mni152", **kw)
+    shape = (197, 233, 189)
+    train = np.zeros(shape, bool)
+    for box in _voxel_boxes(dm, "train"):
+        train[tuple(slice(a, b) for a, b in box)] = True
+    to_train = distance_transform_edt(~train)  # mm from each voxel centre to the nearest training voxel centre (1 mm grid)
+    held = {"val": _voxel_boxes(dm, "val"), "test": _voxel_boxes(dm, "test")}
+    assert held["val"] and held["test"]
+    for split, boxes in held.items():
+        for box in boxes:
+            region = tuple(slice(a, b) for a, b in box)
+            assert train[region].mean() == 0, f"{split} block {box} overlaps training blocks"
+            assert to_train[region].min() - 1.0 >= 8.0, f"{split} block {box} is {to_train[region].min() - 1:.0f} mm from training"
+    test = dm.images("test").flatten(1).numpy()
+    ref = dm.images("train").flatten(1).numpy()
+    nearest = np.corrcoef(np.concatenate([test, ref]))[: len(test), len(test):].max(axis=1)
+    assert nearest.max() < 0.95  # was 0.99 (2D): the nearest training slice was 1 mm away
+    n = dm.meta
+    if dims == 2:
+        assert (n["n_train"], n["n_val"], n["n_test"]) == (56, 8, 8)  # was 77 / 8 / 8 with leaks
+    else:
+        assert (n["n_train"], n["n_val"], n["n_test"]) == (173, 4, 4)  # 32 mm cubes; was 28 / 4 / 4 of 96 mm, overlapping
 
 
 # ------------------------------------------------------------------------------------ split

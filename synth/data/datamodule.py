@@ -57,6 +57,16 @@ def split_subjects(subjects: list[Subject], fractions, seed: int) -> dict[str, l
     return {s: [subjects[k] for k in order[cuts[i] : cuts[i + 1]]] for i, s in enumerate(SPLITS)}
 
 
+def assigned_splits(subjects: list[Subject]) -> dict[str, list[Subject]] | None:
+    """The split a source gave its subjects (blocks of one volume: synth.data.blocks), or None when it gave none."""
+    given = [s.split for s in subjects]
+    if all(g is None for g in given):
+        return None
+    if any(g not in SPLITS for g in given):
+        raise SynthError(f"a data source gave splits {sorted(set(map(str, given)))}: every subject needs one of {list(SPLITS)}")
+    return {name: [s for s in subjects if s.split == name] for name in SPLITS}
+
+
 class ItemDataset(Dataset):
     """Cached items of one split (picklable: numpy arrays + torchio transforms)."""
 
@@ -227,7 +237,7 @@ class SynthDataModule(L.LightningDataModule):
         ids = [s.id for s in subjects]
         if len(set(ids)) != len(ids):
             raise SynthError(f"data source {type(self.source).__name__} lists duplicate subject ids: make SubjectID values unique")
-        self.subjects = split_subjects(subjects, self.split, self.seed)
+        self.subjects = assigned_splits(subjects) or split_subjects(subjects, self.split, self.seed)
         augment = self.augment if self.augment.transform is not None else None
         if self.cache == "none":
             self._info = self._process(self.subjects["train"][0] if self.subjects["train"] else subjects[0])

@@ -24,6 +24,7 @@ class Subject:
     label: int | None = None
     paths: list[Path] | None = None  # one per channel; None for generated / in-memory sources
     extra: dict = field(default_factory=dict)
+    split: str | None = None  # train | val | test when the source assigns it (blocks of one volume), else None
 
 
 @dataclass

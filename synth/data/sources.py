@@ -10,6 +10,7 @@ CSVList (GaNDLF-style CSV), Folder (a directory of image files).
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,11 @@ from typing import Any
 import numpy as np
 
 from synth.data import phantom as _phantom
+from synth.data.blocks import Block, cut_blocks, describe
 from synth.data.readers import NIFTI_SUFFIXES, Subject, Volume, _stack, is_image, pil_channels, read_image, read_nifti, stem, why
 from synth.errors import SynthError
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------- sources
 class Source:
@@ -49,11 +53,13 @@ def _as_list(x) -> list:
 class MNI152(Source):
     """The MNI152 2009a T1 template shipped inside nilearn (one skull-stripped brain, 1 mm, RAS, 0..255).
 
-    Because it is ONE brain, subjects are pseudo-subjects: disjoint blocks of it, so the split is by block.
-    2D: axial slabs of `slab` consecutive slices inside the brain's z-extent x `slice_range`; each slab
-    is cropped to the brain's x/y bounding box padded to a square (so slices are brain-filled) and the
-    DataModule slices it. 3D: cubes of `crop_mm` on a grid with `stride_mm` covering the brain bounding
-    box (neighbouring cubes overlap, so train/val/test cubes can share border voxels).
+    Because it is ONE brain, subjects are blocks of it, split by synth.data.blocks: held-out (val/test) blocks
+    are interleaved along z, never overlap a training block and keep `gap_mm` of unused brain from every block
+    of another split. 2D: held-out axial slabs of `slab_mm` inside the brain's z-extent x `slice_range`,
+    training blocks are the single slices >= gap_mm from them; each is cropped to the brain's x/y bounding box
+    padded to a square and sliced by the DataModule. 3D: held-out cubes of `crop_mm` on a grid, training cubes
+    of the same size every `stride_mm` (they may overlap each other); cubes with less than `min_foreground`
+    brain are dropped.
     """
 
     FILE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -62,15 +68,28 @@ class MNI152(Source):
         self,
         spatial_dims: int = 2,
         slice_range: tuple[float, float] = (0.2, 0.8),  # 2D: fraction of the brain's z-extent used
-        slab: int = 4,  # 2D: slices per pseudo-subject
-        crop_mm: float = 96,  # 3D: cube edge
-        stride_mm: float = 32,  # 3D: grid step between cubes
+        slab_mm: float = 8,  # 2D: thickness of a held-out slab
+        crop_mm: float = 32,  # 3D: cube edge
+        stride_mm: float = 16,  # 3D: step between training cubes
+        gap_mm: float = 8,  # unused brain between blocks of different splits
+        min_foreground: float = 0.25,  # 3D: least brain fraction of a cube
+        split: tuple[float, float, float] = (0.8, 0.1, 0.1),  # pass ${data.split}
+        seed: int = 42,  # pass ${data.seed}
     ):
         self.spatial_dims = int(spatial_dims)
         self.slice_range = tuple(float(f) for f in slice_range)
-        self.slab = int(slab)
+        self.slab_mm = float(slab_mm)
         self.crop_mm = float(crop_mm)
         self.stride_mm = float(stride_mm)
+        self.gap_mm = float(gap_mm)
+        self.min_foreground = float(min_foreground)
+        self.split = tuple(float(f) for f in split)
+        self.seed = int(seed)
+        for key in ("slab_mm", "crop_mm", "stride_mm"):
+            if getattr(self, key) <= 0:
+                raise SynthError(f"data.source.{key}={getattr(self, key):g} must be > 0: e.g. data.source.{key}=8")
+        if self.gap_mm < 0:
+            raise SynthError(f"data.source.gap_mm={self.gap_mm:g} must be >= 0: e.g. data.source.gap_mm=8")
         self._data: tuple | None = None
 
     @classmethod
@@ -91,38 +110,43 @@ class MNI152(Source):
             self._data = (arr, spacing, origin, idx.min(0), idx.max(0) + 1)
         return self._data
 
-    def subjects(self) -> list[Subject]:
+    def blocks(self) -> list[Block]:
+        """The volume's blocks with their split (voxel boxes in the template's RAS grid)."""
         arr, spacing, _, lo, hi = self._volume()
+        vox = [lambda mm, s=s: max(1, int(round(mm / s))) for s in spacing]
         if self.spatial_dims == 2:
             z0 = lo[2] + int(round(self.slice_range[0] * (hi[2] - lo[2])))
             z1 = lo[2] + int(round(self.slice_range[1] * (hi[2] - lo[2])))
-            return [
-                Subject(f"mni152_z{z:03d}", None, None, {"z": (z, min(z + self.slab, z1)), "presliced": True})
-                for z in range(z0, z1, self.slab)
-            ]
+            region = ((int(lo[0]), int(hi[0])), (int(lo[1]), int(hi[1])), (z0, z1))
+            return cut_blocks(region, spacing, (None, None, vox[2](self.slab_mm)), (None, None, 1), (None, None, 1),
+                              self.split, self.seed, self.gap_mm, what="MNI152 brain (2D)")
+        fg = arr[0] > 0
+
+        def enough(box) -> bool:
+            return float(fg[tuple(slice(a, b) for a, b in box)].mean()) >= self.min_foreground
+
+        region = tuple((int(a), int(b)) for a, b in zip(lo, hi))
+        size = [v(self.crop_mm) for v in vox]
+        return cut_blocks(region, spacing, size, size, [v(self.stride_mm) for v in vox], self.split, self.seed,
+                          self.gap_mm, keep=enough, what="MNI152 brain (3D)")
+
+    def subjects(self) -> list[Subject]:
         out = []
-        size = [max(1, int(round(self.crop_mm / s))) for s in spacing]
-        starts = []
-        for a in range(3):
-            extent = hi[a] - lo[a]
-            n = max(1, int(np.ceil((extent - size[a]) / (self.stride_mm / spacing[a]))) + 1)
-            starts.append(np.linspace(lo[a], max(lo[a], hi[a] - size[a]), n).round().astype(int))
-        for x in starts[0]:
-            for y in starts[1]:
-                for z in starts[2]:
-                    box = tuple((int(s), int(s) + n) for s, n in zip((x, y, z), size))
-                    out.append(Subject(f"mni152_x{x:03d}_y{y:03d}_z{z:03d}", None, None, {"box": box}))
+        blocks = self.blocks()
+        log.info("mni152 (%dD): %s, >= %g mm apart across splits", self.spatial_dims, describe(blocks), self.gap_mm)
+        for b in blocks:
+            (x0, x1), (y0, y1), (z0, z1) = b.box
+            sid = f"mni152_z{z0:03d}-{z1 - 1:03d}" if self.spatial_dims == 2 else f"mni152_x{x0:03d}_y{y0:03d}_z{z0:03d}"
+            out.append(Subject(sid, None, None, {"box": b.box, "presliced": self.spatial_dims == 2}, split=b.split))
         return out
 
     def load(self, subject: Subject) -> Volume:
         arr, spacing, origin, lo, hi = self._volume()
-        if "z" in subject.extra:
-            z0, z1 = subject.extra["z"]
+        box = [tuple(ab) for ab in subject.extra["box"]]
+        if self.spatial_dims == 2:
             side = int(max(hi[0] - lo[0], hi[1] - lo[1]))  # pad the brain's x/y box to a square
             starts = [int(a) - (side - int(b - a)) // 2 for a, b in zip(lo[:2], hi[:2])]
-            box = [(s, s + side) for s in starts] + [(z0, z1)]
-        else:
-            box = subject.extra["box"]
+            box = [(s, s + side) for s in starts] + [box[2]]
         out = np.zeros((1, *(b - a for a, b in box)), dtype=np.float32)  # template background is 0
         src = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(box, arr.shape[1:]))
         dst = tuple(slice(s.start - a, s.stop - a) for s, (a, _) in zip(src, box))
