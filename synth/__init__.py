@@ -4,6 +4,7 @@ Importing the package is cheap (no torch): it only registers the OmegaConf resol
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -56,3 +57,15 @@ OmegaConf.register_new_resolver("slurm_tasks", slurm_tasks, replace=True)
 OmegaConf.register_new_resolver("len", lambda x: len(x), replace=True)
 OmegaConf.register_new_resolver("shape", default_shape, replace=True)
 OmegaConf.register_new_resolver("resolve_run_dir", resolve_run_dir, replace=True)
+
+
+@functools.lru_cache(maxsize=64)
+def channels_of(location) -> int:
+    """`data.channels: ${channels_of:${data.root}}`: the channel count of a folder's (or CSV data list's) first image,
+    read from its header (synth.data.readers.detect_channels); 1 when nothing is there yet."""
+    from synth.data.readers import detect_channels
+
+    return detect_channels(location)
+
+
+OmegaConf.register_new_resolver("channels_of", channels_of, replace=True)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from synth.data import SynthDataModule, make_phantom, write_fake_brats
 from synth.data.phantom import CSF, GREY, LESION, WHITE
-from synth.data.sources import BraTS, Phantom
+from synth.data.sources import MNI152, BraTS, Phantom
 from synth.errors import SynthError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
@@ -181,7 +181,7 @@ def test_csv_png_and_errors(tmp_path):
     for i in range(3):
         Image.fromarray((gradient((30, 40), i) * 3).astype(np.uint8)).save(tmp_path / f"p{i}.png")
     (tmp_path / "l.csv").write_text("SubjectID,Channel_0,Label\n" + "".join(f"p{i},p{i}.png,{i}\n" for i in range(3)))
-    dm = make_dm("csv", image_size=[16, 16], normalize="fixed", intensity_range=[0, 255], csv_path=str(tmp_path / "l.csv"))
+    dm = make_dm("csv", image_size=[16, 16], csv_path=str(tmp_path / "l.csv"))
     assert dm.meta["num_classes"] == 3 and dm.meta["n_train"] == 1 and dm.meta["spacing"] == [30 / 16, 40 / 16]
     assert sorted(dm.images("train").shape) == [1, 1, 16, 16]
 
@@ -193,7 +193,7 @@ def test_csv_png_and_errors(tmp_path):
         make_dm("csv", csv_path=str(tmp_path / "cols.csv"))
     (tmp_path / "two.csv").write_text("SubjectID,Channel_0,Channel_1\np0,p0.png,p1.png\n")
     with pytest.raises(SynthError, match="has 2 Channel_ columns but data.channels=1: set data.channels=2"):
-        make_dm("csv", csv_path=str(tmp_path / "two.csv"))
+        make_dm("csv", channels=1, csv_path=str(tmp_path / "two.csv"))  # detected as 2 unless overridden
     with pytest.raises(SynthError, match="does not exist: point data.csv_path"):
         make_dm("csv", csv_path=str(tmp_path / "none.csv"))
 
@@ -224,11 +224,11 @@ def test_folder_png_rgb_tiff_nifti(tmp_path):
     with pytest.raises(SynthError, match="has 3 channel\\(s\\) but data.channels=1: set data.channels=3"):
         make_dm("folder", channels=1, root=str(rgb))
 
-    dm = make_dm("folder", channels=1, normalize="percentile", intensity_range=None, image_size=[32, 32], root=str(tif))
+    dm = make_dm("folder", channels=1, image_size=[32, 32], root=str(tif))
     assert dm.images("val").shape == (1, 1, 32, 32) and dm.images("val").max() == 1
 
-    dm = make_dm("folder", channels=1, normalize="percentile", intensity_range=None, spatial_dims=3, image_size=[12, 12, 12], root=str(nii))
-    assert dm.meta["spacing"] == [4.0, 4.0, 3.0] and dm.meta["affine"][2][2] == 3.0
+    dm = make_dm("folder", channels=1, spatial_dims=3, image_size=[12, 12, 12], root=str(nii))
+    assert dm.meta["spacing"] == [4.0, 4.0, 4.0] and dm.meta["affine"][2][2] == 4.0  # 48 x 48 x 36 mm resampled to fit 12^3
 
     dm = make_dm("folder", channels=1, root=str(cls), **{"source.label_from_subdir": True})
     labels = {sid: int(y) for s in ("train", "val", "test") for sid, y in zip(dm.datasets[s].ids, dm.datasets[s].labels)}
@@ -256,7 +256,7 @@ def test_mni152_2d_slices_and_3d_crops():
     ids = [set(dm.datasets[s].ids) for s in ("train", "val", "test")]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and all(ids)
 
-    dm3 = make_dm("mni152", spatial_dims=3, image_size=[16, 16, 16], **{"source.stride_mm": 32})
+    dm3 = make_dm("mni152", spatial_dims=3, image_size=[16, 16, 16], spacing=2.0, **{"blocks.stride": 1.0})
     v = dm3.images("test")
     assert v.shape[1:] == (1, 16, 16, 16) and dm3.meta["spacing"] == [2.0, 2.0, 2.0]  # 32 mm cubes
     assert (v > -0.9).float().mean() > 0.3 and v.max() <= 1
@@ -266,11 +266,16 @@ def _voxel_boxes(dm, split: str) -> list[tuple]:
     """The template voxels each subject of a split was cut from: its box (3D and, since the leak fix, 2D) or its
     z-range across the whole x/y plane (2D before it)."""
     shape = (197, 233, 189)
+    template = np.asarray(nib.load(MNI152.path()).affine)
     out = []
     for s in dm.subjects[split]:
-        if "box" in s.extra:
-            box = tuple(tuple(int(v) for v in ab) for ab in s.extra["box"])
-            out.append(box if len(box) == 3 else ((0, shape[0]), (0, shape[1]), box[-1]))
+        if "affine" in s.extra:  # a box on the grid the volume was resampled to: through world mm to template voxels
+            to = np.linalg.inv(template) @ np.asarray(s.extra["affine"])
+            lo = to[:3, :3] @ np.array([a for a, _ in s.extra["box"]], float) + to[:3, 3]
+            hi = to[:3, :3] @ np.array([b - 1 for _, b in s.extra["box"]], float) + to[:3, 3]
+            out.append(tuple((int(np.rint(min(a, b))), int(np.rint(max(a, b))) + 1) for a, b in zip(lo, hi)))
+        elif "box" in s.extra:
+            out.append(tuple(tuple(int(v) for v in ab) for ab in s.extra["box"]))
         else:
             out.append(((0, shape[0]), (0, shape[1]), tuple(int(v) for v in s.extra["z"])))
     return out
@@ -284,7 +289,7 @@ def test_mni152_held_out_blocks_do_not_touch_training_blocks(dims):
     default still gives enough blocks to train and to test."""
     from scipy.ndimage import distance_transform_edt
 
-    kw = {} if dims == 2 else {"spatial_dims": 3, "image_size": [16, 16, 16]}
+    kw = {} if dims == 2 else {"spatial_dims": 3, "image_size": [32, 32, 32]}
     dm = make_dm("mni152", **kw)
     shape = (197, 233, 189)
     train = np.zeros(shape, bool)
@@ -365,7 +370,7 @@ def test_cache_none_decodes_lazily():
 def test_meta_spacing_after_resize_and_crop_pad(tmp_path):
     for i in range(3):
         save_nifti(tmp_path / f"v{i}.nii.gz", gradient((48, 48, 20), i))
-    common = dict(channels=1, normalize="percentile", intensity_range=None, slice_range=[0.0, 1.0], root=str(tmp_path))
+    common = dict(channels=1, slice_range=[0.0, 1.0], spacing=None, root=str(tmp_path))  # fitted file by file
     dm = make_dm("folder", image_size=[24, 24], **common)
     meta = dm.meta
     assert meta["spacing"] == [2.0, 2.0] and meta["n_train"] == 20
@@ -407,13 +412,13 @@ def test_user_errors(tmp_path):
         for i in range(3):
             save_nifti(d / f"{name}{i}.nii.gz", arr)
         with pytest.raises(SynthError, match="NaN" if name == "nan" else "constant"):
-            make_dm("folder", channels=1, normalize="percentile", intensity_range=None, root=str(d))
+            make_dm("folder", channels=1, root=str(d))
     with pytest.raises(SynthError, match="data.resize=bogus"):
         make_dm("phantom", resize="bogus", setup=False)
     with pytest.raises(SynthError, match="data.image_size"):
         make_dm("phantom", image_size=[16, 16, 16], **{"source.shape": [16, 16]}, setup=False)
-    with pytest.raises(SynthError, match="data.intensity_range"):
-        make_dm("phantom", normalize="fixed", setup=False)
+    with pytest.raises(SynthError, match="data.intensity=bogus is not a preset: use auto or one of ct, ct_bone, ct_brain"):
+        make_dm("phantom", intensity="bogus", setup=False)
     with pytest.raises(SynthError, match="data.split"):
         make_dm("phantom", split=[0.5, 0.1, 0.1], setup=False)
     with pytest.raises(SynthError, match="before dm.setup"):

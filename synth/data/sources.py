@@ -1,8 +1,10 @@
 """Data sources: where images come from. Each lists `subjects()` and decodes one with `load(subject)`.
 
-A source knows nothing about normalisation, slicing, resizing or caching (that is the DataModule's
-job); it returns native-resolution channel-first float32 arrays with their spacing. NIfTI arrays are
-reoriented to canonical RAS, so array axes are (x, y, z); 2D images (PNG/JPG/TIFF) are (C, H, W).
+A source knows nothing about intensities, resampling, slicing or caching (that is the DataModule's job); it
+returns native-resolution channel-first float32 arrays with their spacing and affine, and `header(subject)`
+describes a subject without decoding it. NIfTI arrays are reoriented to canonical RAS, so array axes are
+(x, y, z); 2D images (PNG/JPG/TIFF) are (C, H, W). Sources may give subjects a split (blocks) or a subject key
+(Subject.group: files split together).
 
 Sources: MNI152 (real T1 shipped with nilearn), Phantom (procedural), BraTS (2021/2023 layouts),
 CSVList (GaNDLF-style CSV), Folder (a directory of image files).
@@ -10,7 +12,6 @@ CSVList (GaNDLF-style CSV), Folder (a directory of image files).
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,8 @@ from typing import Any
 import numpy as np
 
 from synth.data import phantom as _phantom
-from synth.data.blocks import Block, cut_blocks, describe
-from synth.data.readers import NIFTI_SUFFIXES, Subject, Volume, _stack, is_image, pil_channels, read_image, read_nifti, stem, why
+from synth.data.readers import NIFTI_SUFFIXES, Header, Subject, Volume, _stack, is_image, read_header, read_image, read_nifti, stem
 from synth.errors import SynthError
-
-log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------- sources
 class Source:
@@ -36,6 +34,10 @@ class Source:
 
     def load(self, subject: Subject) -> Volume:
         raise NotImplementedError
+
+    def header(self, subject: Subject) -> Header | None:
+        """Geometry and file type of a subject without decoding it (None for generated data)."""
+        return read_header(subject.paths[0]) if subject.paths else None
 
     def cache_key(self) -> dict[str, Any]:
         """Public constructor-level attributes: identifies what this source produces (for the disk cache)."""
@@ -53,43 +55,15 @@ def _as_list(x) -> list:
 class MNI152(Source):
     """The MNI152 2009a T1 template shipped inside nilearn (one skull-stripped brain, 1 mm, RAS, 0..255).
 
-    Because it is ONE brain, subjects are blocks of it, split by synth.data.blocks: held-out (val/test) blocks
-    are interleaved along z, never overlap a training block and keep `gap_mm` of unused brain from every block
-    of another split. 2D: held-out axial slabs of `slab_mm` inside the brain's z-extent x `slice_range`,
-    training blocks are the single slices >= gap_mm from them; each is cropped to the brain's x/y bounding box
-    padded to a square and sliced by the DataModule. 3D: held-out cubes of `crop_mm` on a grid, training cubes
-    of the same size every `stride_mm` (they may overlap each other); cubes with less than `min_foreground`
-    brain are dropped.
+    One subject: the template cropped to the brain's x/y bounding box padded to a square (all of z). Being one
+    volume, the DataModule splits it into blocks (synth.data.blocks via synth.data.splits.volume_blocks): 2D,
+    held-out axial slabs with training slices around them; 3D, cubes; never overlapping, `data.blocks.gap_mm`
+    apart across splits.
     """
 
     FILE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        slice_range: tuple[float, float] = (0.2, 0.8),  # 2D: fraction of the brain's z-extent used
-        slab_mm: float = 8,  # 2D: thickness of a held-out slab
-        crop_mm: float = 32,  # 3D: cube edge
-        stride_mm: float = 16,  # 3D: step between training cubes
-        gap_mm: float = 8,  # unused brain between blocks of different splits
-        min_foreground: float = 0.25,  # 3D: least brain fraction of a cube
-        split: tuple[float, float, float] = (0.8, 0.1, 0.1),  # pass ${data.split}
-        seed: int = 42,  # pass ${data.seed}
-    ):
-        self.spatial_dims = int(spatial_dims)
-        self.slice_range = tuple(float(f) for f in slice_range)
-        self.slab_mm = float(slab_mm)
-        self.crop_mm = float(crop_mm)
-        self.stride_mm = float(stride_mm)
-        self.gap_mm = float(gap_mm)
-        self.min_foreground = float(min_foreground)
-        self.split = tuple(float(f) for f in split)
-        self.seed = int(seed)
-        for key in ("slab_mm", "crop_mm", "stride_mm"):
-            if getattr(self, key) <= 0:
-                raise SynthError(f"data.source.{key}={getattr(self, key):g} must be > 0: e.g. data.source.{key}=8")
-        if self.gap_mm < 0:
-            raise SynthError(f"data.source.gap_mm={self.gap_mm:g} must be >= 0: e.g. data.source.gap_mm=8")
+    def __init__(self):
         self._data: tuple | None = None
 
     @classmethod
@@ -103,56 +77,35 @@ class MNI152(Source):
             raise SynthError(f"MNI152 template {p} is missing from this nilearn install: reinstall nilearn (pip install --force-reinstall nilearn)")
         return p
 
-    def _volume(self):
+    def _crop(self) -> tuple[np.ndarray, np.ndarray]:
+        """The brain-cropped template and its affine (decoded once)."""
         if self._data is None:
-            arr, spacing, origin = read_nifti(self.path())
+            arr, _, _, affine = read_nifti(self.path())
             idx = np.argwhere(arr[0] > 0)
-            self._data = (arr, spacing, origin, idx.min(0), idx.max(0) + 1)
+            lo, hi = idx.min(0), idx.max(0) + 1
+            side = int(max(hi[0] - lo[0], hi[1] - lo[1]))  # pad the brain's x/y box to a square
+            box = [(int(a) - (side - int(b - a)) // 2,) * 2 for a, b in zip(lo[:2], hi[:2])]
+            box = [(a, a + side) for a, _ in box] + [(0, arr.shape[3])]
+            out = np.zeros((1, *(b - a for a, b in box)), dtype=np.float32)  # template background is 0
+            src = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(box, arr.shape[1:]))
+            dst = tuple(slice(s.start - a, s.stop - a) for s, (a, _) in zip(src, box))
+            out[(slice(None), *dst)] = arr[(slice(None), *src)]
+            crop = affine.copy()
+            crop[:3, 3] = affine[:3, :3] @ np.array([a for a, _ in box], float) + affine[:3, 3]
+            self._data = (out, crop)
         return self._data
 
-    def blocks(self) -> list[Block]:
-        """The volume's blocks with their split (voxel boxes in the template's RAS grid)."""
-        arr, spacing, _, lo, hi = self._volume()
-        vox = [lambda mm, s=s: max(1, int(round(mm / s))) for s in spacing]
-        if self.spatial_dims == 2:
-            z0 = lo[2] + int(round(self.slice_range[0] * (hi[2] - lo[2])))
-            z1 = lo[2] + int(round(self.slice_range[1] * (hi[2] - lo[2])))
-            region = ((int(lo[0]), int(hi[0])), (int(lo[1]), int(hi[1])), (z0, z1))
-            return cut_blocks(region, spacing, (None, None, vox[2](self.slab_mm)), (None, None, 1), (None, None, 1),
-                              self.split, self.seed, self.gap_mm, what="MNI152 brain (2D)")
-        fg = arr[0] > 0
-
-        def enough(box) -> bool:
-            return float(fg[tuple(slice(a, b) for a, b in box)].mean()) >= self.min_foreground
-
-        region = tuple((int(a), int(b)) for a, b in zip(lo, hi))
-        size = [v(self.crop_mm) for v in vox]
-        return cut_blocks(region, spacing, size, size, [v(self.stride_mm) for v in vox], self.split, self.seed,
-                          self.gap_mm, keep=enough, what="MNI152 brain (3D)")
-
     def subjects(self) -> list[Subject]:
-        out = []
-        blocks = self.blocks()
-        log.info("mni152 (%dD): %s, >= %g mm apart across splits", self.spatial_dims, describe(blocks), self.gap_mm)
-        for b in blocks:
-            (x0, x1), (y0, y1), (z0, z1) = b.box
-            sid = f"mni152_z{z0:03d}-{z1 - 1:03d}" if self.spatial_dims == 2 else f"mni152_x{x0:03d}_y{y0:03d}_z{z0:03d}"
-            out.append(Subject(sid, None, None, {"box": b.box, "presliced": self.spatial_dims == 2}, split=b.split))
-        return out
+        return [Subject("mni152", None, [self.path()], {})]
+
+    def header(self, subject: Subject) -> Header:
+        arr, affine = self._crop()
+        return Header(self.path(), "nifti", tuple(arr.shape[1:]), 1, "uint8", (1.0, 1.0, 1.0), affine, "RAS", 3)
 
     def load(self, subject: Subject) -> Volume:
-        arr, spacing, origin, lo, hi = self._volume()
-        box = [tuple(ab) for ab in subject.extra["box"]]
-        if self.spatial_dims == 2:
-            side = int(max(hi[0] - lo[0], hi[1] - lo[1]))  # pad the brain's x/y box to a square
-            starts = [int(a) - (side - int(b - a)) // 2 for a, b in zip(lo[:2], hi[:2])]
-            box = [(s, s + side) for s in starts] + [box[2]]
-        out = np.zeros((1, *(b - a for a, b in box)), dtype=np.float32)  # template background is 0
-        src = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(box, arr.shape[1:]))
-        dst = tuple(slice(s.start - a, s.stop - a) for s, (a, _) in zip(src, box))
-        out[(slice(None), *dst)] = arr[(slice(None), *src)]
-        world = tuple(o + a * s for o, (a, _), s in zip(origin, box, spacing))
-        return Volume(out, spacing, ["T1"], origin=world)
+        arr, affine = self._crop()
+        spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+        return Volume(arr.copy(), spacing, ["T1"], origin=tuple(affine[:3, 3]), affine=affine)
 
 
 class Phantom(Source):
@@ -209,8 +162,8 @@ class BraTS(Source):
 
     label_from_seg = True
 
-    def __init__(self, root: str | Path, modalities: list[str] = ("t1ce",), label_from_seg: bool = True):
-        self.root = Path(root).expanduser()
+    def __init__(self, root: str | Path | None = None, modalities: list[str] = ("t1ce",), label_from_seg: bool = True):
+        self.root = _location(root, "root", "data=brats data.root=/data/BraTS2021")
         self.label_from_seg = bool(label_from_seg)
         if self.label_from_seg:
             self.num_classes, self.class_names = 2, ["no_tumour", "tumour"]
@@ -270,10 +223,12 @@ class CSVList(Source):
     columns are ignored. Each Channel_ column is one channel, except that a single column may hold
     multi-channel files (e.g. RGB); the DataModule checks the decoded channel count."""
 
-    def __init__(self, csv: str | Path, channels: int = 1, label_column: str | None = "Label"):
-        self.csv = Path(csv).expanduser()
+    def __init__(self, csv: str | Path | None = None, channels: int = 1, label_column: str | None = "Label",
+                 subject_column: str | None = None):
+        self.csv = _location(csv, "csv_path", "data=csv data.csv_path=/data/list.csv")
         self.channels = int(channels)
         self.label_column = None if label_column in (None, "") else str(label_column)
+        self.subject_column = None if subject_column in (None, "") else str(subject_column)
 
     def subjects(self) -> list[Subject]:
         import pandas as pd
@@ -309,6 +264,17 @@ class CSVList(Source):
                 self.class_names = sorted(set(raw))
                 self.num_classes = len(self.class_names)
                 labels = [self.class_names.index(v) for v in raw]
+        if self.subject_column is not None and self.subject_column not in df.columns:
+            raise SynthError(f"data.source.subject_column={self.subject_column} is not a column of {self.csv} (it has {list(df.columns)}): "
+                             "name the column that holds the patient / slide of each row, or set it to null")
+        ids = [str(v).strip() for v in df["SubjectID"]]
+        if self.subject_column is not None:  # several rows (patches, tiles) per subject: ids made unique per row
+            groups = [str(v).strip() for v in df[self.subject_column]]
+            ids = ids if len(set(ids)) == len(ids) else [f"{sid}_r{i + 2}" for i, sid in enumerate(ids)]
+        elif len(set(ids)) < len(ids):
+            dup = next(v for v in ids if ids.count(v) > 1)
+            raise SynthError(f"{self.csv} lists SubjectID {dup} more than once: make SubjectID values unique, or set "
+                             "data.source.subject_column=SubjectID when rows are patches of one subject (they are then split together)")
         base = self.csv.parent
         out = []
         for i, row in enumerate(df.itertuples(index=False)):
@@ -320,7 +286,8 @@ class CSVList(Source):
                 if not p.is_file():
                     raise SynthError(f"{self.csv} row {i + 2} (SubjectID {r['SubjectID']}) {c}: file {p} does not exist: fix the path in the CSV")
                 paths.append(p)
-            out.append(Subject(str(r["SubjectID"]).strip(), None if labels is None else labels[i], paths, {"row": i + 2}))
+            out.append(Subject(ids[i], None if labels is None else labels[i], paths, {"row": i + 2},
+                               group=None if self.subject_column is None else groups[i]))
         return out
 
     def load(self, subject: Subject) -> Volume:
@@ -331,36 +298,60 @@ class CSVList(Source):
 
 
 class Folder(Source):
-    """A directory of NIfTI / PNG / JPG / TIFF files, one image per file = one subject (id = file stem).
-    RGB images give 3 channels (R, G, B), grayscale 1. With `label_from_subdir`, each file's parent
-    folder name is its class (sorted class names -> 0..K-1) and sub-folders are searched."""
+    """A directory of NIfTI / PNG / JPG / TIFF files, one image per file (id = file stem). RGB images give 3
+    channels (R, G, B), grayscale 1, a 4D NIfTI its 4th axis. With `label_from_subdir`, each file's parent folder
+    name is its class (sorted class names -> 0..K-1). Tiles or patches of one slide / patient share a subject key,
+    so that they land in one split: `subject_regex` (searched in the file's path below root; its first group, or
+    the whole match, is the key) or `subject_folder` (the folder level below root that names the subject, 1 = the
+    first). Sub-folders are searched when any of these needs them (or with `recursive`)."""
 
-    def __init__(self, root: str | Path, recursive: bool = False, label_from_subdir: bool = False):
-        self.root = Path(root).expanduser()
+    def __init__(self, root: str | Path | None = None, recursive: bool = False, label_from_subdir: bool = False,
+                 subject_regex: str | None = None, subject_folder: int | None = None):
+        self.root = _location(root, "root", "data=folder data.root=/data/images")
         self.recursive = bool(recursive)
         self.label_from_subdir = bool(label_from_subdir)
-
-    def _channels(self, p: Path) -> int:
-        if p.name.lower().endswith(NIFTI_SUFFIXES):
-            import nibabel as nib
-
+        self.subject_regex = None if subject_regex in (None, "") else str(subject_regex)
+        self.subject_folder = None if subject_folder is None else int(subject_folder)
+        if self.subject_regex is not None and self.subject_folder is not None:
+            raise SynthError("data.source.subject_regex and data.source.subject_folder are both set: the subject key comes from one of them")
+        if self.subject_folder is not None and self.subject_folder < 1:
+            raise SynthError(f"data.source.subject_folder={subject_folder} must be >= 1 (1 = the first folder level below data.root)")
+        if self.subject_regex is not None:
             try:
-                shape = nib.load(str(p)).shape
-            except Exception as e:
-                raise SynthError(f"cannot read NIfTI {p} ({why(e)}): replace or remove the corrupt file") from e
-            return shape[3] if len(shape) == 4 else 1
-        return pil_channels(p)
+                self._regex = re.compile(self.subject_regex)
+            except re.error as e:
+                raise SynthError(f"data.source.subject_regex={self.subject_regex!r} is not a valid regular expression ({e}): fix it") from None
 
-    def subjects(self) -> list[Subject]:
+    def files(self) -> list[Path]:
         if not self.root.is_dir():
             raise SynthError(f"data.root={self.root} does not exist: point data.root at your image folder")
-        walk = self.root.rglob("*") if (self.recursive or self.label_from_subdir) else self.root.iterdir()
+        deep = self.recursive or self.label_from_subdir or self.subject_folder is not None
+        walk = self.root.rglob("*") if deep else self.root.iterdir()
         files = sorted(p for p in walk if is_image(p))
         if not files:
             raise SynthError(f"no .nii/.nii.gz/.png/.jpg/.tif images in data.root={self.root}: put images there (or set data.source.recursive=true)")
+        return files
+
+    def subject_key(self, path: Path) -> str | None:
+        rel = path.relative_to(self.root)
+        if self.subject_folder is not None:
+            if len(rel.parts) <= self.subject_folder:
+                raise SynthError(f"{rel} lies less than data.source.subject_folder={self.subject_folder} folders below data.root: "
+                                 "put every file inside its subject's folder, or lower subject_folder")
+            return rel.parts[self.subject_folder - 1]
+        if self.subject_regex is not None:
+            m = self._regex.search(rel.as_posix())
+            if m is None:
+                raise SynthError(f"data.source.subject_regex={self.subject_regex!r} does not match {rel.as_posix()}: "
+                                 "every file name needs the subject key (e.g. '^(slide[0-9]+)_' for slide12_tile003.png)")
+            return m.group(1) if m.groups() else m.group(0)
+        return None
+
+    def subjects(self) -> list[Subject]:
+        files = self.files()
         counts = {}
         for p in files:
-            counts.setdefault(self._channels(p), p)
+            counts.setdefault(read_header(p).channels, p)
         if len(counts) > 1:
             example = ", ".join(f"{p.name} has {c}" for c, p in counts.items())
             raise SynthError(f"images in {self.root} have mixed channel counts ({example}): convert them to one colour mode")
@@ -371,12 +362,19 @@ class Folder(Source):
         if len(set(ids)) < len(ids):  # same stem in different folders: use the relative path
             ids = [str(p.relative_to(self.root).parent / stem(p)).replace("/", "_") for p in files]
         return [
-            Subject(i, self.class_names.index(p.parent.name) if self.label_from_subdir else None, [p], {})
+            Subject(i, self.class_names.index(p.parent.name) if self.label_from_subdir else None, [p], {}, group=self.subject_key(p))
             for i, p in zip(ids, files)
         ]
 
     def load(self, subject: Subject) -> Volume:
         return read_image(subject.paths[0])
+
+
+def _location(value, key: str, usage: str) -> Path:
+    """data.root / data.csv_path, which the YAML passes to the source; unset is one line naming the key."""
+    if value in (None, "", "???"):
+        raise SynthError(f"data.{key} is not set: {usage}")
+    return Path(str(value)).expanduser()
 
 
 __all__ = ["Subject", "Volume", "Source", "MNI152", "Phantom", "BraTS", "CSVList", "Folder", "read_image"]
