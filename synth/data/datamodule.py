@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from synth.data import geometry
 from synth.data import intensity as _intensity
+from synth.data.cache import ItemDataset, LazyDataset, load_cached, save_cached
 from synth.data.readers import Subject
 from synth.data.sources import Source
 from synth.data.splits import SPLITS, assigned_splits, block_items, block_settings, split_subjects, volume_blocks
@@ -45,41 +46,6 @@ def _plain(x):
     except ImportError:  # pragma: no cover
         pass
     return list(x) if isinstance(x, tuple) else x
-
-
-class ItemDataset(Dataset):
-    """Cached items of one split (picklable: numpy arrays + torchio transforms)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: list[str], augment: Augment | None = None):
-        self.images, self.labels, self.ids, self.augment = images, labels, ids, augment
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        image = torch.from_numpy(np.array(self.images[i], dtype=np.float32))
-        if self.augment is not None:
-            image = self.augment(image)
-        return {"image": image, "label": torch.tensor(int(self.labels[i]), dtype=torch.long), "subject_id": self.ids[i]}
-
-
-class LazyDataset(Dataset):
-    """cache=none: decodes and preprocesses a subject on every access (one item per subject)."""
-
-    def __init__(self, source: Source, subjects: list[Subject], preprocess: Preprocess, augment: Augment | None = None):
-        self.source, self.subjects, self.preprocess, self.augment = source, subjects, preprocess, augment
-
-    def __len__(self) -> int:
-        return len(self.subjects)
-
-    def __getitem__(self, i: int) -> dict:
-        s = self.subjects[i]
-        items = self.preprocess(self.source.load(s), s.id).items
-        image = torch.from_numpy(items[0])
-        if self.augment is not None:
-            image = self.augment(image)
-        label = -1 if s.label is None else int(s.label)
-        return {"image": image, "label": torch.tensor(label, dtype=torch.long), "subject_id": s.id}
 
 
 class SynthDataModule(L.LightningDataModule):
@@ -185,38 +151,24 @@ class SynthDataModule(L.LightningDataModule):
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", subject.id) + ("-whole" if whole else "")
         return self.cache_dir / f"{self.name}-{self.cache_key()}" / f"{safe}.npz"
 
-    @staticmethod
-    def _stamp(subject: Subject) -> list:
-        return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in (subject.paths or [])]
-
     def _process(self, subject: Subject, whole: bool = False) -> Processed:
         """Items of one subject: cut from its volume (blocks), from the disk cache when valid, else decode (counted)
         + preprocess."""
         if "parent" in subject.extra:
             return block_items(self._volumes[subject.extra["parent"]], subject)
         path = self._cache_file(subject, whole) if self.cache == "disk" else None
-        if path is not None and path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                info = json.loads(str(z["info"]))
-                if info.pop("stamp") == self._stamp(subject):
-                    arrays = {k: z[k] if k in z else None for k in ("seg_labels", "seg")}
-                    return Processed(z["items"], **info, **arrays)
+        if path is not None and (hit := load_cached(path, subject)) is not None:
+            return hit
         vol = self.source.load(subject)
         self.n_decoded += 1
         if vol.array.shape[0] != self.channels:
             raise SynthError(f"subject {subject.id} has {vol.array.shape[0]} channel(s) but data.channels={self.channels}: set data.channels={vol.array.shape[0]}")
         p = self.preprocess(vol, subject.id, whole=whole)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            keys = ("spacing", "thickness", "channel_names", "origin", "source_format", "notes", "affine", "index")
-            info = {k: getattr(p, k) for k in keys} | {"stamp": self._stamp(subject)}
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-            extra = {k: v for k, v in (("seg_labels", p.seg_labels), ("seg", p.seg)) if v is not None}
-            np.savez(tmp, items=p.items, info=json.dumps(info), **extra)
-            os.replace(tmp, path)  # atomic: concurrent ranks never see half a file
+            save_cached(path, subject, p)
         return p
 
-    def _resolve(self, subjects: list[Subject]) -> None:
+    def resolve(self, subjects: list[Subject]) -> None:
         """What `auto` means for these files: the intensity preset and the target grid (logged)."""
         headers = [self.source.header(s) for s in subjects]
         if self.preprocess.intensity is None:
@@ -262,7 +214,7 @@ class SynthDataModule(L.LightningDataModule):
         ids = [s.id for s in subjects]
         if len(set(ids)) != len(ids):
             raise SynthError(f"data source {type(self.source).__name__} lists duplicate subject ids: make SubjectID values unique")
-        self._resolve(subjects)
+        self.resolve(subjects)
         subjects = self._blocks(subjects)
         self.subjects = assigned_splits(subjects) or split_subjects(subjects, self.split, self.seed)
         if any(s.group is not None for s in subjects):
