@@ -4,7 +4,6 @@ Importing the package is cheap (no torch): it only registers the OmegaConf resol
 """
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -59,13 +58,20 @@ OmegaConf.register_new_resolver("shape", default_shape, replace=True)
 OmegaConf.register_new_resolver("resolve_run_dir", resolve_run_dir, replace=True)
 
 
-@functools.lru_cache(maxsize=64)
+_CHANNELS: dict[str, int] = {}
+
+
 def channels_of(location) -> int:
     """`data.channels: ${channels_of:${data.root}}`: the channel count of a folder's (or CSV data list's) first image,
-    read from its header (synth.data.readers.detect_channels); 1 when nothing is there yet."""
+    read from its header (synth.data.readers.detect_channels; remembered per existing path); 1 when nothing is there."""
     from synth.data.readers import detect_channels
 
-    return detect_channels(location)
+    key = str(location)
+    if key not in _CHANNELS:
+        if location in (None, "") or not Path(key).expanduser().exists():
+            return 1
+        _CHANNELS[key] = detect_channels(location)
+    return _CHANNELS[key]
 
 
 OmegaConf.register_new_resolver("channels_of", channels_of, replace=True)

@@ -60,7 +60,8 @@ def survey(dm, max_files: int = 100) -> str:
     files = []  # (header, subject) per file
     for s, h in zip(subjects, headers):
         paths = s.paths or []
-        files += [(h, s)] if len(paths) <= 1 or h is None else [(read_header(p), s) for p in paths]
+        if h is not None:
+            files += [(h, s)] if len(paths) <= 1 else [(read_header(p), s) for p in paths]
     chosen = set(np.linspace(0, len(subjects) - 1, min(max_files, len(subjects))).round().astype(int)) if subjects else set()
     stats = {}
     for i, s in enumerate(subjects):
@@ -118,7 +119,7 @@ def survey(dm, max_files: int = 100) -> str:
         if len(keys) == 1:
             warnings.append("all files share one subject key: there is one subject, so nothing can be held out by subject")
     head = ["file", "shape", "spacing (mm)", "orientation", "ch", "dtype", "p0.5 / p50 / p99.5"]
-    rows = [_file_row(h, stats.get(s.id) if len(s.paths or []) <= 1 else None, root) for h, s in files if h is not None]
+    rows = [_file_row(h, stats.get(s.id) if len(s.paths or []) <= 1 else None, root) for h, s in files]
     lines = [f"data={dm.name}: {len(subjects)} subject(s), {len(files)} file(s)" + (f" in {dm.location}" if dm.location else ""), ""]
     lines += [_table(rows, head), ""] if rows else ["(generated data: no files)", ""]
     if len(stats) < len(subjects):

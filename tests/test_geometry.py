@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from synth.data.intensity import preset, write_sample_nifti
+from synth.errors import SynthError
 from synth.evaluation.samples import read_samples
+from synth.io import save_nifti
 from tests.realdata import cuboid, ct_volume, from_grid, head_ct, rotation, write_world
 from tests.test_data import make_dm
 
@@ -115,6 +117,11 @@ def test_int16_hu_window_round_trip(tmp_path):
     assert abs(np.median(values[inner]) - 40) < 5
     back, _ = read_samples(samples, (1, 32, 32, 32))
     np.testing.assert_allclose(back[0], item, atol=1e-4)
+    elsewhere = tmp_path / "elsewhere"  # HU images made by another tool (no preset in the file): the data's preset reads them
+    save_nifti(values[None], elsewhere / "ct_made_elsewhere.nii.gz", grid)
+    with pytest.raises(SynthError, match="not \\[-1, 1\\] and no synth intensity preset in its header"):
+        read_samples(elsewhere, (1, 32, 32, 32))
+    np.testing.assert_allclose(read_samples(elsewhere, (1, 32, 32, 32), meta=window.meta)[0][0], item, atol=1e-4)
 
 
 def test_4d_nifti_and_rgb_png_tiff_are_detected(tmp_path):

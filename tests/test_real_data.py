@@ -49,7 +49,7 @@ def _train(tmp_path, overrides, model="ddpm"):
     return objs, meta, sorted((run / "samples" / "after_training").glob("sample_*"))
 
 
-@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dims", [2, pytest.param(3, marks=pytest.mark.slow)])  # 3D: ~40 s on a busy 2-core machine
 def test_mixed_nifti_brain_folder_trains_from_data_root_alone(tmp_path, mri, dims):
     """Four T1 files (RAS, LPS, 1x1x4 mm, oblique; int16 up to ~383): channels, MR percentile scaling and one RAS grid
     are detected; samples are written on that grid and read back for evaluation."""

@@ -37,6 +37,8 @@ class Source:
 
     def header(self, subject: Subject) -> Header | None:
         """Geometry and file type of a subject without decoding it (None for generated data)."""
+        if "header" in subject.extra:
+            return subject.extra["header"]
         return read_header(subject.paths[0]) if subject.paths else None
 
     def cache_key(self) -> dict[str, Any]:
@@ -349,9 +351,10 @@ class Folder(Source):
 
     def subjects(self) -> list[Subject]:
         files = self.files()
+        headers = [read_header(p) for p in files]
         counts = {}
-        for p in files:
-            counts.setdefault(read_header(p).channels, p)
+        for p, h in zip(files, headers):
+            counts.setdefault(h.channels, p)
         if len(counts) > 1:
             example = ", ".join(f"{p.name} has {c}" for c, p in counts.items())
             raise SynthError(f"images in {self.root} have mixed channel counts ({example}): convert them to one colour mode")
@@ -362,8 +365,8 @@ class Folder(Source):
         if len(set(ids)) < len(ids):  # same stem in different folders: use the relative path
             ids = [str(p.relative_to(self.root).parent / stem(p)).replace("/", "_") for p in files]
         return [
-            Subject(i, self.class_names.index(p.parent.name) if self.label_from_subdir else None, [p], {}, group=self.subject_key(p))
-            for i, p in zip(ids, files)
+            Subject(i, self.class_names.index(p.parent.name) if self.label_from_subdir else None, [p], {"header": h}, group=self.subject_key(p))
+            for i, p, h in zip(ids, files, headers)
         ]
 
     def load(self, subject: Subject) -> Volume:

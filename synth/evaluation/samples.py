@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synth.data.intensity import preset, read_sample_units
+from synth.data.intensity import Intensity, from_meta, preset, read_sample_units
 from synth.data.readers import PIL_SUFFIXES, is_nifti, read_nifti, read_pil
 from synth.errors import SynthError
 
@@ -31,9 +31,10 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
-def _read(path: Path, spatial_dims: int, normalize: bool) -> np.ndarray:
-    """One file as (C, *S): in [-1, 1] when it carries a preset (or with `normalize`), else its raw values
-    (NIfTI) or 8-bit values mapped by the uint8 preset (PNG/JPG/TIFF)."""
+def _read(path: Path, spatial_dims: int, normalize: bool, units: Intensity | None) -> np.ndarray:
+    """One file as (C, *S): in [-1, 1] when it carries a preset, when `units` (the data's invertible preset) says
+    it is in source units, or with `normalize`; else its raw values (NIfTI) or 8-bit values mapped by the uint8
+    preset (PNG/JPG/TIFF)."""
     if is_nifti(path):
         arr = read_nifti(path)[0]
         if spatial_dims == 2 and arr.shape[-1] == 1:  # save_nifti writes 2D as (X, Y, 1[, C])
@@ -41,6 +42,8 @@ def _read(path: Path, spatial_dims: int, normalize: bool) -> np.ndarray:
         mapped = read_sample_units(path, arr)
         if mapped is not None:
             return mapped
+        if units is not None and not normalize:
+            return units.forward(arr, path.name)
     else:
         arr = read_pil(path)
         if not normalize:
@@ -51,14 +54,18 @@ def _read(path: Path, spatial_dims: int, normalize: bool) -> np.ndarray:
     return preset("percentile").forward(arr, path.name) if normalize else arr
 
 
-def read_samples(folder: Path, shape: tuple[int, ...], normalize: bool = False) -> tuple[np.ndarray, dict | None]:
+def read_samples(folder: Path, shape: tuple[int, ...], normalize: bool = False, meta: dict | None = None) -> tuple[np.ndarray, dict | None]:
     """All images of `folder` as (N, *shape) float32 in [-1, 1], and its samples.json (cost) if there is one.
-    `shape` is the real data's (C, *S); a file of another shape or outside [-1, 1] is refused."""
+    `shape` is the real data's (C, *S); a file of another shape or outside [-1, 1] is refused. `meta` (the real
+    data's data_meta) with an invertible preset (e.g. ct_brain) reads NIfTI files that carry no preset of their own
+    as source units (images made elsewhere, in HU)."""
     folder = Path(folder)
     spatial_dims = len(shape) - 1
+    units = from_meta(meta)
+    units = units if units is not None and units.invertible else None
     images = []
     for path in list_images(folder):
-        img = _read(path, spatial_dims, normalize)
+        img = _read(path, spatial_dims, normalize, units)
         if tuple(img.shape) != tuple(shape):
             raise SynthError(
                 f"{path.name} has shape {list(img.shape)} (channels first) but the real data has {list(shape)}: "
