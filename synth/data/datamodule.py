@@ -195,6 +195,8 @@ class SynthDataModule(L.LightningDataModule):
         if self.cache == "none":
             raise SynthError("data.cache=none would decode the whole volume for every block of it: set data.cache=memory")
         self._volumes[parent.id] = p
+        for _, message in p.notes or []:  # its blocks do not repeat them
+            log.warning("%s", message)
         blocks = volume_blocks(parent, p, self.spatial_dims, self.image_size, self.split, self.seed, self.blocks)
         counts = {s: sum(b.split == s for b in blocks) for s in SPLITS}
         self.split_by = f"blocks of one volume, >= {self.blocks['gap_mm']:g} mm apart across splits"
