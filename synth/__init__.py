@@ -41,3 +41,22 @@ OmegaConf.register_new_resolver("slurm_tasks", slurm_tasks, replace=True)
 OmegaConf.register_new_resolver("len", lambda x: len(x), replace=True)
 OmegaConf.register_new_resolver("shape", default_shape, replace=True)
 OmegaConf.register_new_resolver("resolve_run_dir", resolve_run_dir, replace=True)
+
+
+_CHANNELS: dict[str, int] = {}
+
+
+def channels_of(location) -> int:
+    """`data.channels: ${channels_of:${data.root}}`: the channel count of a folder's (or CSV data list's) first image,
+    read from its header (synth.data.readers.detect_channels; remembered per existing path); 1 when nothing is there."""
+    from synth.data.readers import detect_channels
+
+    key = str(location)
+    if key not in _CHANNELS:
+        if location in (None, "") or not Path(key).expanduser().exists():
+            return 1
+        _CHANNELS[key] = detect_channels(location)
+    return _CHANNELS[key]
+
+
+OmegaConf.register_new_resolver("channels_of", channels_of, replace=True)

@@ -1,7 +1,9 @@
-"""Writing images with their geometry: NIfTI (spacing/affine from the data), PNG for RGB 2D data, and PNG
-grids for looking at many samples at once (mid axial slices for 3D). Every write is atomic."""
+"""Writing images with their geometry: NIfTI (spacing/affine from the data, optionally a JSON note in a header
+extension, e.g. the intensity preset of samples written in source units), PNG for RGB 2D data, and PNG grids
+for looking at many samples at once (mid axial slices for 3D). Every write is atomic."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -34,8 +36,9 @@ def affine_from_meta(meta: dict, spatial_dims: int) -> np.ndarray:
     return np.diag([*spacing, *[1.0] * (3 - len(spacing)), 1.0])
 
 
-def save_nifti(image: np.ndarray, path: Path, affine: np.ndarray) -> Path:
-    """`image` is (C, X, Y) or (C, X, Y, Z) float; written as X,Y[,Z][,C] float32 (2D gets a singleton Z)."""
+def save_nifti(image: np.ndarray, path: Path, affine: np.ndarray, note: dict | None = None) -> Path:
+    """`image` is (C, X, Y) or (C, X, Y, Z) float; written as X,Y[,Z][,C] float32 (2D gets a singleton Z). `note`
+    (JSON-serialisable) is stored in a NIfTI comment extension, read back by `read_note`."""
     data = np.asarray(image, dtype=np.float32)
     if data.ndim == 3:
         data = data[..., None]
@@ -44,7 +47,26 @@ def save_nifti(image: np.ndarray, path: Path, affine: np.ndarray) -> Path:
         data = data[..., 0]
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm")
+    if note is not None:
+        img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps({"synth": note}).encode()))
     return _atomic(path, lambda tmp: nib.save(img, tmp))
+
+
+def read_note(path: Path) -> dict | None:
+    """The `note` save_nifti stored in a NIfTI file, or None (other files, or none stored)."""
+    try:
+        exts = nib.load(str(path)).header.extensions
+    except Exception:
+        return None
+    for ext in exts:
+        if ext.get_code() == 6:  # comment
+            try:
+                found = json.loads(ext.get_content())
+            except (ValueError, TypeError):
+                continue
+            if isinstance(found, dict) and isinstance(found.get("synth"), dict):
+                return found["synth"]
+    return None
 
 
 def to_uint8(image: np.ndarray, value_range: Sequence[float] = (-1.0, 1.0)) -> np.ndarray:

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from synth.data.intensity import write_sample_nifti
 from synth.errors import SynthError
-from synth.io import affine_from_meta, is_rgb, is_volume_axes, save_grid, save_nifti, save_png
+from synth.io import affine_from_meta, is_rgb, is_volume_axes, save_grid, save_png
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -61,7 +62,7 @@ def write_samples(
             images = model.sample(m, condition=cond, generator=g, progress=False, **sampler).float().cpu().numpy()
             for i, img in enumerate(images):
                 name = f"sample_{first + i:05d}"
-                written.append(save_png(img, out_dir / f"{name}.png") if as_png else save_nifti(img, out_dir / f"{name}.nii.gz", affine))
+                written.append(save_png(img, out_dir / f"{name}.png") if as_png else write_sample_nifti(img, out_dir / f"{name}.nii.gz", affine, meta))
             if len(shown) < 64:
                 shown.extend(images[: 64 - len(shown)])
             bar.update(m)

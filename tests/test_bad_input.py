@@ -89,7 +89,7 @@ def folder_of(tmp_path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
 def folder_data(root: Path, channels: int = 1, extra=()) -> list[str]:
     return ["data=folder", f"data.root={root}", f"data.channels={channels}", "data.image_size=[16,16]", "data.batch_size=2",
-            "data.normalize=percentile", "data.intensity_range=null", *extra]
+            "data.intensity=percentile", *extra]
 
 
 # ----- 1. config: unknown group option, unknown key --------------------------------------------------------

@@ -18,7 +18,7 @@ from PIL import Image
 
 from synth.data import SynthDataModule, make_phantom, write_fake_brats
 from synth.data.phantom import CSF, GREY, LESION, WHITE
-from synth.data.sources import BraTS, Phantom
+from synth.data.sources import MNI152, BraTS, Phantom
 from synth.errors import SynthError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
@@ -181,7 +181,7 @@ def test_csv_png_and_errors(tmp_path):
     for i in range(3):
         Image.fromarray((gradient((30, 40), i) * 3).astype(np.uint8)).save(tmp_path / f"p{i}.png")
     (tmp_path / "l.csv").write_text("SubjectID,Channel_0,Label\n" + "".join(f"p{i},p{i}.png,{i}\n" for i in range(3)))
-    dm = make_dm("csv", image_size=[16, 16], normalize="fixed", intensity_range=[0, 255], csv_path=str(tmp_path / "l.csv"))
+    dm = make_dm("csv", image_size=[16, 16], csv_path=str(tmp_path / "l.csv"))
     assert dm.meta["num_classes"] == 3 and dm.meta["n_train"] == 1 and dm.meta["spacing"] == [30 / 16, 40 / 16]
     assert sorted(dm.images("train").shape) == [1, 1, 16, 16]
 
@@ -193,7 +193,7 @@ def test_csv_png_and_errors(tmp_path):
         make_dm("csv", csv_path=str(tmp_path / "cols.csv"))
     (tmp_path / "two.csv").write_text("SubjectID,Channel_0,Channel_1\np0,p0.png,p1.png\n")
     with pytest.raises(SynthError, match="has 2 Channel_ columns but data.channels=1: set data.channels=2"):
-        make_dm("csv", csv_path=str(tmp_path / "two.csv"))
+        make_dm("csv", channels=1, csv_path=str(tmp_path / "two.csv"))  # detected as 2 unless overridden
     with pytest.raises(SynthError, match="does not exist: point data.csv_path"):
         make_dm("csv", csv_path=str(tmp_path / "none.csv"))
 
@@ -224,11 +224,11 @@ def test_folder_png_rgb_tiff_nifti(tmp_path):
     with pytest.raises(SynthError, match="has 3 channel\\(s\\) but data.channels=1: set data.channels=3"):
         make_dm("folder", channels=1, root=str(rgb))
 
-    dm = make_dm("folder", channels=1, normalize="percentile", intensity_range=None, image_size=[32, 32], root=str(tif))
+    dm = make_dm("folder", channels=1, image_size=[32, 32], root=str(tif))
     assert dm.images("val").shape == (1, 1, 32, 32) and dm.images("val").max() == 1
 
-    dm = make_dm("folder", channels=1, normalize="percentile", intensity_range=None, spatial_dims=3, image_size=[12, 12, 12], root=str(nii))
-    assert dm.meta["spacing"] == [4.0, 4.0, 3.0] and dm.meta["affine"][2][2] == 3.0
+    dm = make_dm("folder", channels=1, spatial_dims=3, image_size=[12, 12, 12], root=str(nii))
+    assert dm.meta["spacing"] == [4.0, 4.0, 4.0] and dm.meta["affine"][2][2] == 4.0  # 48 x 48 x 36 mm resampled to fit 12^3
 
     dm = make_dm("folder", channels=1, root=str(cls), **{"source.label_from_subdir": True})
     labels = {sid: int(y) for s in ("train", "val", "test") for sid, y in zip(dm.datasets[s].ids, dm.datasets[s].labels)}
@@ -256,10 +256,62 @@ def test_mni152_2d_slices_and_3d_crops():
     ids = [set(dm.datasets[s].ids) for s in ("train", "val", "test")]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and all(ids)
 
-    dm3 = make_dm("mni152", spatial_dims=3, image_size=[16, 16, 16], **{"source.stride_mm": 48})
+    dm3 = make_dm("mni152", spatial_dims=3, image_size=[16, 16, 16], spacing=2.0, **{"blocks.stride": 1.0})
     v = dm3.images("test")
-    assert v.shape[1:] == (1, 16, 16, 16) and dm3.meta["spacing"] == [6.0, 6.0, 6.0]
+    assert v.shape[1:] == (1, 16, 16, 16) and dm3.meta["spacing"] == [2.0, 2.0, 2.0]  # 32 mm cubes
     assert (v > -0.9).float().mean() > 0.3 and v.max() <= 1
+
+
+def _voxel_boxes(dm, split: str) -> list[tuple]:
+    """The template voxels each subject of a split was cut from: its box (3D and, since the leak fix, 2D) or its
+    z-range across the whole x/y plane (2D before it)."""
+    shape = (197, 233, 189)
+    template = np.asarray(nib.load(MNI152.path()).affine)
+    out = []
+    for s in dm.subjects[split]:
+        if "affine" in s.extra:  # a box on the grid the volume was resampled to: through world mm to template voxels
+            to = np.linalg.inv(template) @ np.asarray(s.extra["affine"])
+            lo = to[:3, :3] @ np.array([a for a, _ in s.extra["box"]], float) + to[:3, 3]
+            hi = to[:3, :3] @ np.array([b - 1 for _, b in s.extra["box"]], float) + to[:3, 3]
+            out.append(tuple((int(np.rint(min(a, b))), int(np.rint(max(a, b))) + 1) for a, b in zip(lo, hi)))
+        elif "box" in s.extra:
+            out.append(tuple(tuple(int(v) for v in ab) for ab in s.extra["box"]))
+        else:
+            out.append(((0, shape[0]), (0, shape[1]), tuple(int(v) for v in s.extra["z"])))
+    return out
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_mni152_held_out_blocks_do_not_touch_training_blocks(dims):
+    """#12 item 4: measured on the template grid, no val/test voxel lies in a training block, and at least 8 mm of
+    unused brain separates every held-out block from every training block (2D slabs were 1 mm apart, 3D test cubes
+    lay 99-100 % inside training cubes). Held-out images are then no near-copies of training images, and the
+    default still gives enough blocks to train and to test."""
+    from scipy.ndimage import distance_transform_edt
+
+    kw = {} if dims == 2 else {"spatial_dims": 3, "image_size": [32, 32, 32]}
+    dm = make_dm("mni152", **kw)
+    shape = (197, 233, 189)
+    train = np.zeros(shape, bool)
+    for box in _voxel_boxes(dm, "train"):
+        train[tuple(slice(a, b) for a, b in box)] = True
+    to_train = distance_transform_edt(~train)  # mm from each voxel centre to the nearest training voxel centre (1 mm grid)
+    held = {"val": _voxel_boxes(dm, "val"), "test": _voxel_boxes(dm, "test")}
+    assert held["val"] and held["test"]
+    for split, boxes in held.items():
+        for box in boxes:
+            region = tuple(slice(a, b) for a, b in box)
+            assert train[region].mean() == 0, f"{split} block {box} overlaps training blocks"
+            assert to_train[region].min() - 1.0 >= 8.0, f"{split} block {box} is {to_train[region].min() - 1:.0f} mm from training"
+    test = dm.images("test").flatten(1).numpy()
+    ref = dm.images("train").flatten(1).numpy()
+    nearest = np.corrcoef(np.concatenate([test, ref]))[: len(test), len(test):].max(axis=1)
+    assert nearest.max() < 0.95  # was 0.99 (2D): the nearest training slice was 1 mm away
+    n = dm.meta
+    if dims == 2:
+        assert (n["n_train"], n["n_val"], n["n_test"]) == (56, 8, 8)  # was 77 / 8 / 8 with leaks
+    else:
+        assert (n["n_train"], n["n_val"], n["n_test"]) == (173, 4, 4)  # 32 mm cubes; was 28 / 4 / 4 of 96 mm, overlapping
 
 
 # ------------------------------------------------------------------------------------ split
@@ -318,7 +370,7 @@ def test_cache_none_decodes_lazily():
 def test_meta_spacing_after_resize_and_crop_pad(tmp_path):
     for i in range(3):
         save_nifti(tmp_path / f"v{i}.nii.gz", gradient((48, 48, 20), i))
-    common = dict(channels=1, normalize="percentile", intensity_range=None, slice_range=[0.0, 1.0], root=str(tmp_path))
+    common = dict(channels=1, slice_range=[0.0, 1.0], spacing=None, root=str(tmp_path))  # fitted file by file
     dm = make_dm("folder", image_size=[24, 24], **common)
     meta = dm.meta
     assert meta["spacing"] == [2.0, 2.0] and meta["n_train"] == 20
@@ -360,13 +412,13 @@ def test_user_errors(tmp_path):
         for i in range(3):
             save_nifti(d / f"{name}{i}.nii.gz", arr)
         with pytest.raises(SynthError, match="NaN" if name == "nan" else "constant"):
-            make_dm("folder", channels=1, normalize="percentile", intensity_range=None, root=str(d))
+            make_dm("folder", channels=1, root=str(d))
     with pytest.raises(SynthError, match="data.resize=bogus"):
         make_dm("phantom", resize="bogus", setup=False)
     with pytest.raises(SynthError, match="data.image_size"):
         make_dm("phantom", image_size=[16, 16, 16], **{"source.shape": [16, 16]}, setup=False)
-    with pytest.raises(SynthError, match="data.intensity_range"):
-        make_dm("phantom", normalize="fixed", setup=False)
+    with pytest.raises(SynthError, match="data.intensity=bogus is not a preset: use auto or one of ct, ct_bone, ct_brain"):
+        make_dm("phantom", intensity="bogus", setup=False)
     with pytest.raises(SynthError, match="data.split"):
         make_dm("phantom", split=[0.5, 0.1, 0.1], setup=False)
     with pytest.raises(SynthError, match="before dm.setup"):

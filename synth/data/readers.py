@@ -1,6 +1,10 @@
-"""Decoding files and the records sources hand over: `Subject` (a unit of the split) and `Volume` (a decoded
-subject). NIfTI is reoriented to canonical RAS, so arrays are (C, x, y[, z]); PNG/JPG/TIFF are (C, rows, cols).
-Unreadable files raise a SynthError that names the file."""
+"""Decoding files and the records sources hand over: `Subject` (a unit of the split), `Volume` (a decoded
+subject) and `Header` (what a file says about itself without decoding its pixels).
+
+NIfTI is reoriented to the closest canonical RAS, so arrays are (C, x, y[, z]) and `Volume.affine` maps their
+voxels to world mm (an oblique acquisition stays oblique there; synth.data.geometry resamples it onto a
+world-aligned grid). PNG/JPG/TIFF are (C, rows, cols) in pixels. Unreadable files raise a SynthError naming
+the file."""
 
 from __future__ import annotations
 
@@ -14,16 +18,19 @@ from synth.errors import SynthError
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + PIL_SUFFIXES
+PIL_8BIT = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr")
 
 
 @dataclass
 class Subject:
-    """One independent unit of the split (a patient, an image file, or an MNI152 block)."""
+    """One unit of the split (a patient, an image file, or a block of one volume)."""
 
     id: str
     label: int | None = None
     paths: list[Path] | None = None  # one per channel; None for generated / in-memory sources
     extra: dict = field(default_factory=dict)
+    split: str | None = None  # train | val | test when the source assigns it (blocks of one volume), else None
+    group: str | None = None  # subject key shared by files of one patient / slide (split together), else None
 
 
 @dataclass
@@ -36,6 +43,27 @@ class Volume:
     seg: np.ndarray | None = None  # int (*S)
     origin: tuple[float, ...] | None = None  # world position (mm) of voxel 0, when known
     source_format: str = "nifti"  # nifti: axes are RAS (x, y[, z]); image: PNG/JPG/TIFF rows, cols
+    affine: np.ndarray | None = None  # 4x4 voxel -> world (mm) of `array`, when known (NIfTI)
+
+
+@dataclass
+class Header:
+    """A file's geometry and type from its header (no pixel decode)."""
+
+    path: Path
+    kind: str  # nifti | image
+    shape: tuple[int, ...]  # spatial shape as synth decodes it (canonical RAS for NIfTI; rows, cols for images)
+    channels: int
+    dtype: str
+    spacing: tuple[float, ...]  # mm (NIfTI) or 1.0 per pixel
+    affine: np.ndarray | None = None  # canonical voxel -> world (NIfTI)
+    orientation: str = ""  # the file's own axis codes, e.g. LPS (NIfTI) or the PIL mode (images)
+    ndim: int = 0  # dimensions stored in the file (4: a 4th axis read as channels)
+    oblique: bool = False
+
+    @property
+    def eight_bit(self) -> bool:
+        return self.kind == "image" and self.dtype in PIL_8BIT
 
 
 # ---------------------------------------------------------------------------------------- readers
@@ -55,17 +83,32 @@ def stem(path: Path) -> str:
 
 
 def is_image(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
+    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.startswith(".")
 
 
-def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:
-    """Decode a NIfTI to canonical RAS: returns (array (C,X,Y,Z) float32, spacing, origin)."""
+def is_nifti(path: Path) -> bool:
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _load_nifti(path: Path):
     import nibabel as nib
 
     try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        return nib.load(str(path))
     except Exception as e:  # nibabel raises many types for truncated/garbled files
+        raise SynthError(f"cannot read NIfTI {path} ({why(e)}): replace or remove the corrupt file") from e
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...], np.ndarray]:
+    """Decode a NIfTI to canonical RAS: (array (C,X,Y,Z) float32, spacing, origin, affine)."""
+    import nibabel as nib
+
+    try:
+        img = nib.as_closest_canonical(_load_nifti(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except SynthError:
+        raise
+    except Exception as e:
         raise SynthError(f"cannot read NIfTI {path} ({why(e)}): replace or remove the corrupt file") from e
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if data.ndim == 2:
@@ -77,18 +120,41 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], tuple[float, 
     else:
         raise SynthError(f"NIfTI {path} has {data.ndim} dimensions: use 3D (or 4D with channels last) files")
     zooms = (zooms + (1.0, 1.0, 1.0))[:3]
-    return np.ascontiguousarray(data), zooms, tuple(float(v) for v in img.affine[:3, 3])
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return np.ascontiguousarray(data), zooms, tuple(float(v) for v in affine[:3, 3]), affine
 
 
 def pil_channels(path: Path) -> int:
     """Channel count of a PNG/JPG/TIFF from its header (no pixel decode)."""
-    from PIL import Image
+    return read_header(path).channels
 
-    try:
-        with Image.open(path) as im:
-            return 3 if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else 1
-    except Exception as e:
-        raise SynthError(f"cannot read image {path} ({why(e)}): replace or remove the corrupt file") from e
+
+def read_header(path: Path) -> Header:
+    """What synth will see in a file, from its header only."""
+    path = Path(path)
+    if is_nifti(path):
+        import nibabel as nib
+
+        img = _load_nifti(path)
+        can = nib.as_closest_canonical(img)
+        shape = tuple(int(s) for s in can.shape)
+        spatial = (shape + (1, 1, 1))[:3]
+        zooms = tuple(float(z) for z in (tuple(can.header.get_zooms()[:3]) + (1.0, 1.0, 1.0))[:3])
+        rot = img.affine[:3, :3] / np.maximum(np.linalg.norm(img.affine[:3, :3], axis=0), 1e-12)
+        oblique = bool(np.abs(np.abs(rot) - np.round(np.abs(rot))).max() > 1e-3)
+        return Header(path, "nifti", spatial, shape[3] if len(shape) == 4 else 1, str(img.get_data_dtype()), zooms,
+                      np.asarray(can.affine, dtype=np.float64), "".join(nib.aff2axcodes(img.affine)), len(shape), oblique)
+    if path.name.lower().endswith(PIL_SUFFIXES):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                mode, (w, h) = im.mode, im.size
+        except Exception as e:
+            raise SynthError(f"cannot read image {path} ({why(e)}): replace or remove the corrupt file") from e
+        channels = 3 if mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else 1
+        return Header(path, "image", (h, w), channels, mode, (1.0, 1.0), None, mode, 2 if channels == 1 else 3)
+    raise SynthError(f"unsupported file type {path}: use .nii/.nii.gz/.png/.jpg/.tif files")
 
 
 def read_pil(path: Path) -> np.ndarray:
@@ -108,18 +174,16 @@ def read_pil(path: Path) -> np.ndarray:
 
 
 def read_image(path: Path) -> Volume:
-    """Decode any supported file into a Volume (channel names ch0..)."""
-    name = path.name.lower()
-    fmt = "nifti"
-    if name.endswith(NIFTI_SUFFIXES):
-        arr, spacing, origin = read_nifti(path)
-    elif name.endswith(PIL_SUFFIXES):
-        arr, spacing, origin = read_pil(path), (1.0, 1.0), (0.0, 0.0)
-        fmt = "image"
-    else:
-        raise SynthError(f"unsupported file type {path}: use .nii/.nii.gz/.png/.jpg/.tif files")
-    names = ["R", "G", "B"] if (arr.shape[0] == 3 and not name.endswith(NIFTI_SUFFIXES)) else [f"ch{i}" for i in range(arr.shape[0])]
-    return Volume(arr, spacing, names, origin=origin, source_format=fmt)
+    """Decode any supported file into a Volume (channel names ch0.., or R, G, B)."""
+    path = Path(path)
+    if is_nifti(path):
+        arr, spacing, origin, affine = read_nifti(path)
+        return Volume(arr, spacing, [f"ch{i}" for i in range(arr.shape[0])], origin=origin, affine=affine)
+    if path.name.lower().endswith(PIL_SUFFIXES):
+        arr = read_pil(path)
+        names = ["R", "G", "B"] if arr.shape[0] == 3 else [f"ch{i}" for i in range(arr.shape[0])]
+        return Volume(arr, (1.0, 1.0), names, origin=(0.0, 0.0), source_format="image")
+    raise SynthError(f"unsupported file type {path}: use .nii/.nii.gz/.png/.jpg/.tif files")
 
 
 def _stack(subject: Subject, names: list[str] | None = None) -> Volume:
@@ -131,4 +195,36 @@ def _stack(subject: Subject, names: list[str] | None = None) -> Volume:
     arr = np.concatenate([v.array for v in vols], axis=0)
     if names is None:
         names = [n for v in vols for n in v.channel_names] if len(vols) == 1 else [f"ch{i}" for i in range(arr.shape[0])]
-    return Volume(arr, vols[0].spacing, names, origin=vols[0].origin, source_format=vols[0].source_format)
+    v0 = vols[0]
+    return Volume(arr, v0.spacing, names, origin=v0.origin, source_format=v0.source_format, affine=v0.affine)
+
+
+def first_image(root: Path) -> Path | None:
+    """The first image file (sorted, any depth) under a folder, or None."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return None
+    return next((p for p in sorted(root.rglob("*")) if is_image(p)), None)
+
+
+def detect_channels(location) -> int:
+    """data.channels for `channels: ${channels_of:${data.root}}`: the channel count of the first image under a folder,
+    or of the rows of a CSV data list (Channel_ columns, or the first file's own channels). 1 when nothing can be
+    read yet: the source then reports what is missing, in one line."""
+    if location in (None, "", "???"):
+        return 1
+    path = Path(str(location)).expanduser()
+    try:
+        if path.is_file() and path.suffix.lower() == ".csv":
+            import pandas as pd
+
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=1)
+            cols = [c.strip() for c in df.columns if c.strip().startswith("Channel_")]
+            if len(cols) != 1 or df.empty:
+                return max(1, len(cols))
+            first = Path(str(df[cols[0]].iloc[0]).strip()).expanduser()
+            return read_header(first if first.is_absolute() else path.parent / first).channels
+        first = first_image(path)
+        return 1 if first is None else read_header(first).channels
+    except (SynthError, OSError, ValueError):
+        return 1

@@ -1,8 +1,10 @@
 """Data sources: where images come from. Each lists `subjects()` and decodes one with `load(subject)`.
 
-A source knows nothing about normalisation, slicing, resizing or caching (that is the DataModule's
-job); it returns native-resolution channel-first float32 arrays with their spacing. NIfTI arrays are
-reoriented to canonical RAS, so array axes are (x, y, z); 2D images (PNG/JPG/TIFF) are (C, H, W).
+A source knows nothing about intensities, resampling, slicing or caching (that is the DataModule's job); it
+returns native-resolution channel-first float32 arrays with their spacing and affine, and `header(subject)`
+describes a subject without decoding it. NIfTI arrays are reoriented to canonical RAS, so array axes are
+(x, y, z); 2D images (PNG/JPG/TIFF) are (C, H, W). Sources may give subjects a split (blocks) or a subject key
+(Subject.group: files split together).
 
 Sources: MNI152 (real T1 shipped with nilearn), Phantom (procedural), BraTS (2021/2023 layouts),
 CSVList (GaNDLF-style CSV), Folder (a directory of image files).
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from synth.data import phantom as _phantom
-from synth.data.readers import NIFTI_SUFFIXES, Subject, Volume, _stack, is_image, pil_channels, read_image, read_nifti, stem, why
+from synth.data.readers import NIFTI_SUFFIXES, Header, Subject, Volume, _stack, is_image, read_header, read_image, read_nifti, stem
 from synth.errors import SynthError
 
 # ---------------------------------------------------------------------------------------- sources
@@ -32,6 +34,12 @@ class Source:
 
     def load(self, subject: Subject) -> Volume:
         raise NotImplementedError
+
+    def header(self, subject: Subject) -> Header | None:
+        """Geometry and file type of a subject without decoding it (None for generated data)."""
+        if "header" in subject.extra:
+            return subject.extra["header"]
+        return read_header(subject.paths[0]) if subject.paths else None
 
     def cache_key(self) -> dict[str, Any]:
         """Public constructor-level attributes: identifies what this source produces (for the disk cache)."""
@@ -49,28 +57,15 @@ def _as_list(x) -> list:
 class MNI152(Source):
     """The MNI152 2009a T1 template shipped inside nilearn (one skull-stripped brain, 1 mm, RAS, 0..255).
 
-    Because it is ONE brain, subjects are pseudo-subjects: disjoint blocks of it, so the split is by block.
-    2D: axial slabs of `slab` consecutive slices inside the brain's z-extent x `slice_range`; each slab
-    is cropped to the brain's x/y bounding box padded to a square (so slices are brain-filled) and the
-    DataModule slices it. 3D: cubes of `crop_mm` on a grid with `stride_mm` covering the brain bounding
-    box (neighbouring cubes overlap, so train/val/test cubes can share border voxels).
+    One subject: the template cropped to the brain's x/y bounding box padded to a square (all of z). Being one
+    volume, the DataModule splits it into blocks (synth.data.blocks via synth.data.splits.volume_blocks): 2D,
+    held-out axial slabs with training slices around them; 3D, cubes; never overlapping, `data.blocks.gap_mm`
+    apart across splits.
     """
 
     FILE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        slice_range: tuple[float, float] = (0.2, 0.8),  # 2D: fraction of the brain's z-extent used
-        slab: int = 4,  # 2D: slices per pseudo-subject
-        crop_mm: float = 96,  # 3D: cube edge
-        stride_mm: float = 32,  # 3D: grid step between cubes
-    ):
-        self.spatial_dims = int(spatial_dims)
-        self.slice_range = tuple(float(f) for f in slice_range)
-        self.slab = int(slab)
-        self.crop_mm = float(crop_mm)
-        self.stride_mm = float(stride_mm)
+    def __init__(self):
         self._data: tuple | None = None
 
     @classmethod
@@ -84,51 +79,35 @@ class MNI152(Source):
             raise SynthError(f"MNI152 template {p} is missing from this nilearn install: reinstall nilearn (pip install --force-reinstall nilearn)")
         return p
 
-    def _volume(self):
+    def _crop(self) -> tuple[np.ndarray, np.ndarray]:
+        """The brain-cropped template and its affine (decoded once)."""
         if self._data is None:
-            arr, spacing, origin = read_nifti(self.path())
+            arr, _, _, affine = read_nifti(self.path())
             idx = np.argwhere(arr[0] > 0)
-            self._data = (arr, spacing, origin, idx.min(0), idx.max(0) + 1)
+            lo, hi = idx.min(0), idx.max(0) + 1
+            side = int(max(hi[0] - lo[0], hi[1] - lo[1]))  # pad the brain's x/y box to a square
+            box = [(int(a) - (side - int(b - a)) // 2,) * 2 for a, b in zip(lo[:2], hi[:2])]
+            box = [(a, a + side) for a, _ in box] + [(0, arr.shape[3])]
+            out = np.zeros((1, *(b - a for a, b in box)), dtype=np.float32)  # template background is 0
+            src = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(box, arr.shape[1:]))
+            dst = tuple(slice(s.start - a, s.stop - a) for s, (a, _) in zip(src, box))
+            out[(slice(None), *dst)] = arr[(slice(None), *src)]
+            crop = affine.copy()
+            crop[:3, 3] = affine[:3, :3] @ np.array([a for a, _ in box], float) + affine[:3, 3]
+            self._data = (out, crop)
         return self._data
 
     def subjects(self) -> list[Subject]:
-        arr, spacing, _, lo, hi = self._volume()
-        if self.spatial_dims == 2:
-            z0 = lo[2] + int(round(self.slice_range[0] * (hi[2] - lo[2])))
-            z1 = lo[2] + int(round(self.slice_range[1] * (hi[2] - lo[2])))
-            return [
-                Subject(f"mni152_z{z:03d}", None, None, {"z": (z, min(z + self.slab, z1)), "presliced": True})
-                for z in range(z0, z1, self.slab)
-            ]
-        out = []
-        size = [max(1, int(round(self.crop_mm / s))) for s in spacing]
-        starts = []
-        for a in range(3):
-            extent = hi[a] - lo[a]
-            n = max(1, int(np.ceil((extent - size[a]) / (self.stride_mm / spacing[a]))) + 1)
-            starts.append(np.linspace(lo[a], max(lo[a], hi[a] - size[a]), n).round().astype(int))
-        for x in starts[0]:
-            for y in starts[1]:
-                for z in starts[2]:
-                    box = tuple((int(s), int(s) + n) for s, n in zip((x, y, z), size))
-                    out.append(Subject(f"mni152_x{x:03d}_y{y:03d}_z{z:03d}", None, None, {"box": box}))
-        return out
+        return [Subject("mni152", None, [self.path()], {})]
+
+    def header(self, subject: Subject) -> Header:
+        arr, affine = self._crop()
+        return Header(self.path(), "nifti", tuple(arr.shape[1:]), 1, "uint8", (1.0, 1.0, 1.0), affine, "RAS", 3)
 
     def load(self, subject: Subject) -> Volume:
-        arr, spacing, origin, lo, hi = self._volume()
-        if "z" in subject.extra:
-            z0, z1 = subject.extra["z"]
-            side = int(max(hi[0] - lo[0], hi[1] - lo[1]))  # pad the brain's x/y box to a square
-            starts = [int(a) - (side - int(b - a)) // 2 for a, b in zip(lo[:2], hi[:2])]
-            box = [(s, s + side) for s in starts] + [(z0, z1)]
-        else:
-            box = subject.extra["box"]
-        out = np.zeros((1, *(b - a for a, b in box)), dtype=np.float32)  # template background is 0
-        src = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(box, arr.shape[1:]))
-        dst = tuple(slice(s.start - a, s.stop - a) for s, (a, _) in zip(src, box))
-        out[(slice(None), *dst)] = arr[(slice(None), *src)]
-        world = tuple(o + a * s for o, (a, _), s in zip(origin, box, spacing))
-        return Volume(out, spacing, ["T1"], origin=world)
+        arr, affine = self._crop()
+        spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+        return Volume(arr.copy(), spacing, ["T1"], origin=tuple(affine[:3, 3]), affine=affine)
 
 
 class Phantom(Source):
@@ -185,8 +164,8 @@ class BraTS(Source):
 
     label_from_seg = True
 
-    def __init__(self, root: str | Path, modalities: list[str] = ("t1ce",), label_from_seg: bool = True):
-        self.root = Path(root).expanduser()
+    def __init__(self, root: str | Path | None = None, modalities: list[str] = ("t1ce",), label_from_seg: bool = True):
+        self.root = _location(root, "root", "data=brats data.root=/data/BraTS2021")
         self.label_from_seg = bool(label_from_seg)
         if self.label_from_seg:
             self.num_classes, self.class_names = 2, ["no_tumour", "tumour"]
@@ -246,10 +225,12 @@ class CSVList(Source):
     columns are ignored. Each Channel_ column is one channel, except that a single column may hold
     multi-channel files (e.g. RGB); the DataModule checks the decoded channel count."""
 
-    def __init__(self, csv: str | Path, channels: int = 1, label_column: str | None = "Label"):
-        self.csv = Path(csv).expanduser()
+    def __init__(self, csv: str | Path | None = None, channels: int = 1, label_column: str | None = "Label",
+                 subject_column: str | None = None):
+        self.csv = _location(csv, "csv_path", "data=csv data.csv_path=/data/list.csv")
         self.channels = int(channels)
         self.label_column = None if label_column in (None, "") else str(label_column)
+        self.subject_column = None if subject_column in (None, "") else str(subject_column)
 
     def subjects(self) -> list[Subject]:
         import pandas as pd
@@ -285,6 +266,17 @@ class CSVList(Source):
                 self.class_names = sorted(set(raw))
                 self.num_classes = len(self.class_names)
                 labels = [self.class_names.index(v) for v in raw]
+        if self.subject_column is not None and self.subject_column not in df.columns:
+            raise SynthError(f"data.source.subject_column={self.subject_column} is not a column of {self.csv} (it has {list(df.columns)}): "
+                             "name the column that holds the patient / slide of each row, or set it to null")
+        ids = [str(v).strip() for v in df["SubjectID"]]
+        if self.subject_column is not None:  # several rows (patches, tiles) per subject: ids made unique per row
+            groups = [str(v).strip() for v in df[self.subject_column]]
+            ids = ids if len(set(ids)) == len(ids) else [f"{sid}_r{i + 2}" for i, sid in enumerate(ids)]
+        elif len(set(ids)) < len(ids):
+            dup = next(v for v in ids if ids.count(v) > 1)
+            raise SynthError(f"{self.csv} lists SubjectID {dup} more than once: make SubjectID values unique, or set "
+                             "data.source.subject_column=SubjectID when rows are patches of one subject (they are then split together)")
         base = self.csv.parent
         out = []
         for i, row in enumerate(df.itertuples(index=False)):
@@ -296,7 +288,8 @@ class CSVList(Source):
                 if not p.is_file():
                     raise SynthError(f"{self.csv} row {i + 2} (SubjectID {r['SubjectID']}) {c}: file {p} does not exist: fix the path in the CSV")
                 paths.append(p)
-            out.append(Subject(str(r["SubjectID"]).strip(), None if labels is None else labels[i], paths, {"row": i + 2}))
+            out.append(Subject(ids[i], None if labels is None else labels[i], paths, {"row": i + 2},
+                               group=None if self.subject_column is None else groups[i]))
         return out
 
     def load(self, subject: Subject) -> Volume:
@@ -307,36 +300,61 @@ class CSVList(Source):
 
 
 class Folder(Source):
-    """A directory of NIfTI / PNG / JPG / TIFF files, one image per file = one subject (id = file stem).
-    RGB images give 3 channels (R, G, B), grayscale 1. With `label_from_subdir`, each file's parent
-    folder name is its class (sorted class names -> 0..K-1) and sub-folders are searched."""
+    """A directory of NIfTI / PNG / JPG / TIFF files, one image per file (id = file stem). RGB images give 3
+    channels (R, G, B), grayscale 1, a 4D NIfTI its 4th axis. With `label_from_subdir`, each file's parent folder
+    name is its class (sorted class names -> 0..K-1). Tiles or patches of one slide / patient share a subject key,
+    so that they land in one split: `subject_regex` (searched in the file's path below root; its first group, or
+    the whole match, is the key) or `subject_folder` (the folder level below root that names the subject, 1 = the
+    first). Sub-folders are searched when any of these needs them (or with `recursive`)."""
 
-    def __init__(self, root: str | Path, recursive: bool = False, label_from_subdir: bool = False):
-        self.root = Path(root).expanduser()
+    def __init__(self, root: str | Path | None = None, recursive: bool = False, label_from_subdir: bool = False,
+                 subject_regex: str | None = None, subject_folder: int | None = None):
+        self.root = _location(root, "root", "data=folder data.root=/data/images")
         self.recursive = bool(recursive)
         self.label_from_subdir = bool(label_from_subdir)
-
-    def _channels(self, p: Path) -> int:
-        if p.name.lower().endswith(NIFTI_SUFFIXES):
-            import nibabel as nib
-
+        self.subject_regex = None if subject_regex in (None, "") else str(subject_regex)
+        self.subject_folder = None if subject_folder is None else int(subject_folder)
+        if self.subject_regex is not None and self.subject_folder is not None:
+            raise SynthError("data.source.subject_regex and data.source.subject_folder are both set: the subject key comes from one of them")
+        if self.subject_folder is not None and self.subject_folder < 1:
+            raise SynthError(f"data.source.subject_folder={subject_folder} must be >= 1 (1 = the first folder level below data.root)")
+        if self.subject_regex is not None:
             try:
-                shape = nib.load(str(p)).shape
-            except Exception as e:
-                raise SynthError(f"cannot read NIfTI {p} ({why(e)}): replace or remove the corrupt file") from e
-            return shape[3] if len(shape) == 4 else 1
-        return pil_channels(p)
+                self._regex = re.compile(self.subject_regex)
+            except re.error as e:
+                raise SynthError(f"data.source.subject_regex={self.subject_regex!r} is not a valid regular expression ({e}): fix it") from None
 
-    def subjects(self) -> list[Subject]:
+    def files(self) -> list[Path]:
         if not self.root.is_dir():
             raise SynthError(f"data.root={self.root} does not exist: point data.root at your image folder")
-        walk = self.root.rglob("*") if (self.recursive or self.label_from_subdir) else self.root.iterdir()
+        deep = self.recursive or self.label_from_subdir or self.subject_folder is not None
+        walk = self.root.rglob("*") if deep else self.root.iterdir()
         files = sorted(p for p in walk if is_image(p))
         if not files:
             raise SynthError(f"no .nii/.nii.gz/.png/.jpg/.tif images in data.root={self.root}: put images there (or set data.source.recursive=true)")
+        return files
+
+    def subject_key(self, path: Path) -> str | None:
+        rel = path.relative_to(self.root)
+        if self.subject_folder is not None:
+            if len(rel.parts) <= self.subject_folder:
+                raise SynthError(f"{rel} lies less than data.source.subject_folder={self.subject_folder} folders below data.root: "
+                                 "put every file inside its subject's folder, or lower subject_folder")
+            return rel.parts[self.subject_folder - 1]
+        if self.subject_regex is not None:
+            m = self._regex.search(rel.as_posix())
+            if m is None:
+                raise SynthError(f"data.source.subject_regex={self.subject_regex!r} does not match {rel.as_posix()}: "
+                                 "every file name needs the subject key (e.g. '^(slide[0-9]+)_' for slide12_tile003.png)")
+            return m.group(1) if m.groups() else m.group(0)
+        return None
+
+    def subjects(self) -> list[Subject]:
+        files = self.files()
+        headers = [read_header(p) for p in files]
         counts = {}
-        for p in files:
-            counts.setdefault(self._channels(p), p)
+        for p, h in zip(files, headers):
+            counts.setdefault(h.channels, p)
         if len(counts) > 1:
             example = ", ".join(f"{p.name} has {c}" for c, p in counts.items())
             raise SynthError(f"images in {self.root} have mixed channel counts ({example}): convert them to one colour mode")
@@ -347,12 +365,19 @@ class Folder(Source):
         if len(set(ids)) < len(ids):  # same stem in different folders: use the relative path
             ids = [str(p.relative_to(self.root).parent / stem(p)).replace("/", "_") for p in files]
         return [
-            Subject(i, self.class_names.index(p.parent.name) if self.label_from_subdir else None, [p], {})
-            for i, p in zip(ids, files)
+            Subject(i, self.class_names.index(p.parent.name) if self.label_from_subdir else None, [p], {"header": h}, group=self.subject_key(p))
+            for i, p, h in zip(ids, files, headers)
         ]
 
     def load(self, subject: Subject) -> Volume:
         return read_image(subject.paths[0])
+
+
+def _location(value, key: str, usage: str) -> Path:
+    """data.root / data.csv_path, which the YAML passes to the source; unset is one line naming the key."""
+    if value in (None, "", "???"):
+        raise SynthError(f"data.{key} is not set: {usage}")
+    return Path(str(value)).expanduser()
 
 
 __all__ = ["Subject", "Volume", "Source", "MNI152", "Phantom", "BraTS", "CSVList", "Folder", "read_image"]

@@ -1,7 +1,8 @@
-"""Per-subject preprocessing (normalise -> 2D slicing -> fit to image_size) and train-time augmentation.
+"""Per-subject preprocessing (intensity preset -> resampling onto the target grid, or fitting to image_size ->
+2D slicing) and train-time augmentation.
 
-`Preprocess` turns one decoded `Volume` into a stack of model-ready items `(N, C, *image_size)` in
-[-1, 1] plus their output spacing; it is a plain picklable object whose `config()` keys the disk cache.
+`Preprocess` turns one decoded `Volume` into a stack of model-ready items `(N, C, *image_size)` in [-1, 1]
+plus their output spacing; it is a plain picklable object whose `config()` keys the disk cache.
 `Augment` wraps torchio transforms for channel-first 2D or 3D tensors.
 """
 
@@ -12,41 +13,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from synth.data.geometry import Grid, foreground_center, grid_affine, resample, resample_labels, world_extent
+from synth.data.intensity import Intensity, looks_like_ct
 from synth.data.readers import Volume
 from synth.errors import SynthError
-
-PERCENTILES = (0.5, 99.5)
-
 
 @dataclass
 class Processed:
     """Items of one subject, ready to cache."""
 
-    items: np.ndarray  # float32 (N, C, *image_size) in [-1, 1]
+    items: np.ndarray  # float32 (N, C, *image_size) in [-1, 1]; one volume in 3D: (1, C, *whole grid)
     spacing: list[float]  # mm per output spatial axis
     thickness: float  # mm along the slicing axis (2D items from 3D volumes), else 1.0
     channel_names: list[str]
     origin: list[float]
     source_format: str = "nifti"  # see Volume.source_format
     seg_labels: np.ndarray | None = None  # per item: 1 if the segmentation marks anything in it, else 0
-
-
-def normalize(array: np.ndarray, mode: str, intensity_range=None, name: str = "") -> np.ndarray:
-    """Per channel: `percentile` maps the 0.5th/99.5th percentile to -1/1, `fixed` maps intensity_range; clipped."""
-    if not np.isfinite(array).all():
-        raise SynthError(f"subject {name} has NaN/inf voxels: fix or remove that image")
-    out = np.empty_like(array, dtype=np.float32)
-    for c, ch in enumerate(array):
-        if mode == "percentile":
-            lo, hi = np.percentile(ch, PERCENTILES)
-            if hi <= lo:
-                lo, hi = float(ch.min()), float(ch.max())
-        else:
-            lo, hi = intensity_range
-        if hi <= lo:
-            raise SynthError(f"subject {name} channel {c} is constant ({lo:g}): remove that image from the data (constant images are an error, not skipped)")
-        out[c] = np.clip((ch - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
-    return out
+    notes: list[tuple[str, str]] | None = None  # (kind, message) warnings about this subject's values
+    affine: list | None = None  # voxel -> world (mm) of the volume the items were cut from (resampled grid), if known
+    index: list[int] | None = None  # 2D from 3D: the slice (last-axis) index of each item in that volume
+    seg: np.ndarray | None = None  # whole=True in 3D: the segmentation on the volume's grid (per-block labels)
 
 
 def slice_index(array: np.ndarray, slice_range, step: int, use_all: bool = False) -> np.ndarray:
@@ -61,26 +47,41 @@ def slice_index(array: np.ndarray, slice_range, step: int, use_all: bool = False
     return np.arange(a, min(b, n), step)
 
 
-def axial_slices(array: np.ndarray, slice_range, step: int, use_all: bool = False) -> np.ndarray:
-    """Slices along the last axis within `slice_range` of the foreground (> -1) extent -> (N, C, X, Y)."""
-    idx = slice_index(array, slice_range, step, use_all)
-    return np.ascontiguousarray(np.moveaxis(array[..., idx], -1, 0))
+def value_notes(intensity: Intensity, array: np.ndarray, name: str) -> list[tuple[str, str]]:
+    """Warnings about a subject's source values under the chosen intensity preset."""
+    notes = []
+    far = intensity.outside(array)
+    if far is not None:
+        lo, hi = intensity.range
+        notes.append(("outside", f"subject {name}: {far[0]:.1%} of its values lie far outside the range [{lo:g}, {hi:g}] of "
+                                 f"data.intensity={intensity.name} (min {far[1]:g}, max {far[2]:g}) and are clipped: "
+                                 "pick a preset that fits (e.g. data.intensity=percentile)"))
+    if intensity.kind == "percentile" and intensity.detected and looks_like_ct(array):
+        notes.append(("ct", f"subject {name} looks like CT in Hounsfield units (air near -1000): percentile scaling flattens "
+                            "brain contrast; set data.intensity=ct_brain (or ct_soft_tissue, ct_bone, ct)"))
+    return notes
 
 
 class Preprocess:
-    """Normalise a Volume, slice it to 2D if asked, and bring every item to `image_size`."""
+    """Map intensities, resample NIfTI onto the target grid (synth.data.geometry) or fit each item to image_size,
+    and slice 3D volumes for 2D data. `intensity` and `grid` may be set after construction (the DataModule
+    resolves `auto` from the files)."""
 
-    def __init__(self, spatial_dims: int, image_size, resize: str, normalize: str, intensity_range, slice_range, slice_step: int):
+    def __init__(self, spatial_dims: int, image_size, resize: str, intensity: Intensity | None, grid: Grid | None,
+                 slice_range, slice_step: int):
         self.spatial_dims = spatial_dims
         self.image_size = [int(s) for s in image_size]
         self.resize = resize
-        self.normalize = normalize
-        self.intensity_range = None if intensity_range is None else [float(v) for v in intensity_range]
+        self.intensity = intensity
+        self.grid = grid
         self.slice_range = [float(v) for v in slice_range]
         self.slice_step = int(slice_step)
 
     def config(self) -> dict:
-        return dict(vars(self))
+        out = {k: v for k, v in vars(self).items() if k not in ("intensity", "grid")}
+        out["intensity"] = None if self.intensity is None else self.intensity.to_meta()
+        out["grid"] = None if self.grid is None else list(self.grid.spacing)
+        return out
 
     def fit(self, item: np.ndarray, name: str) -> np.ndarray:
         """One item (C, *S) -> (C, *image_size) with MONAI array transforms."""
@@ -100,32 +101,64 @@ class Preprocess:
         out = t(torch.from_numpy(item))
         return np.clip(np.asarray(out.as_tensor() if hasattr(out, "as_tensor") else out, dtype=np.float32), -1.0, 1.0)
 
-    def __call__(self, vol: Volume, name: str, presliced: bool = False) -> Processed:
+    def _resample(self, arr: np.ndarray, seg, affine: np.ndarray, whole: bool):
+        """Onto the target grid: 3D image_size around the foreground (whole: the volume's full extent); 2D: image_size
+        in-plane around the foreground, every slice of the volume's z-extent."""
+        spacing = np.array(self.grid.spacing)
+        extent = world_extent(affine, arr.shape[1:])
+        center = (affine[:3, :3] @ ((np.array(arr.shape[1:]) - 1) / 2.0)) + affine[:3, 3]
+        if self.spatial_dims == 3 and whole:
+            shape = [max(1, int(round(e / s))) for e, s in zip(extent, spacing)]
+        else:
+            fg = foreground_center(arr, affine)
+            if self.spatial_dims == 3:
+                shape, center = self.image_size, fg
+            else:
+                shape = [*self.image_size, max(1, int(round(extent[2] / spacing[2])))]
+                center = np.array([fg[0], fg[1], center[2]])
+        target = grid_affine(spacing, shape, center)
+        out = resample(arr, affine, target, shape)
+        seg = None if seg is None else resample_labels(seg, affine, target, shape)
+        return np.clip(out, -1.0, 1.0), seg, target
+
+    def __call__(self, vol: Volume, name: str, whole: bool = False) -> Processed:
+        if self.intensity is None:
+            raise SynthError("internal: Preprocess has no intensity map yet (the DataModule sets it in setup)")
         arr = np.asarray(vol.array, dtype=np.float32)
         spatial = arr.ndim - 1
         if spatial not in (2, 3):
             raise SynthError(f"subject {name} has {spatial} spatial dimensions: use 2D or 3D images")
         if spatial == 2 and self.spatial_dims == 3:
             raise SynthError(f"subject {name} is a 2D image but data.spatial_dims=3: set data.spatial_dims=2")
-        arr = normalize(arr, self.normalize, self.intensity_range, name)
+        notes = value_notes(self.intensity, arr, name)
+        arr = self.intensity.forward(arr, name)
         spacing = [float(s) for s in vol.spacing][:spatial]
-        thickness = 1.0
         seg = None if vol.seg is None else np.asarray(vol.seg)
+        resampled = self.grid is not None and vol.affine is not None and spatial == 3
+        affine = None if vol.affine is None else np.asarray(vol.affine)
+        if resampled:
+            arr, seg, affine = self._resample(arr, seg, vol.affine, whole)
+            spacing = list(self.grid.spacing)
+        thickness, index = 1.0, None
         if self.spatial_dims == 2 and spatial == 3:
             thickness = spacing[2]
             spacing = spacing[:2]
-            idx = slice_index(arr, self.slice_range, self.slice_step, use_all=presliced)
+            idx = slice_index(arr, self.slice_range, self.slice_step)
+            index = [int(i) for i in idx]
             items = np.ascontiguousarray(np.moveaxis(arr[..., idx], -1, 0))
             seg_labels = None if seg is None else (seg[..., idx] > 0).any(axis=(0, 1)).astype(np.int64)
         else:
             items = arr[None]
             seg_labels = None if seg is None else np.array([int((seg > 0).any())], dtype=np.int64)
-        in_shape = items.shape[2:]
-        items = np.stack([self.fit(it, name) for it in items]).astype(np.float32, copy=False)
-        if self.resize == "resize":
-            spacing = [s * n / o for s, n, o in zip(spacing, in_shape, self.image_size)]
+        if not resampled and not (whole and self.spatial_dims == 3):
+            in_shape = items.shape[2:]
+            items = np.stack([self.fit(it, name) for it in items]).astype(np.float32, copy=False)
+            if self.resize == "resize":
+                spacing = [s * n / o for s, n, o in zip(spacing, in_shape, self.image_size)]
         origin = [float(o) for o in (vol.origin or (0.0, 0.0, 0.0))]
-        return Processed(items, spacing, thickness, list(vol.channel_names), (origin + [0.0] * 3)[:3], vol.source_format, seg_labels)
+        keep_seg = seg if (whole and self.spatial_dims == 3 and seg is not None) else None
+        return Processed(items, spacing, thickness, list(vol.channel_names), (origin + [0.0] * 3)[:3], vol.source_format, seg_labels,
+                         notes, None if affine is None else np.asarray(affine).tolist(), index, keep_seg)
 
 
 class Augment:

@@ -1,5 +1,10 @@
 """Reading a folder of synthetic images back into an (N, C, *S) array in [-1, 1]: the NIfTI / PNG files that
-generate.py writes (sample_*.nii.gz, sample_*.png), or any folder of NIfTI / PNG / JPG / TIFF images."""
+generate.py writes (sample_*.nii.gz, sample_*.png), or any folder of NIfTI / PNG / JPG / TIFF images.
+
+Files are decoded by the data readers (synth.data.readers: NIfTI to canonical RAS, PNG/TIFF to channels first)
+and mapped by the data's intensity presets (synth.data.intensity): samples written in source units (HU for the
+CT presets, 0..255 for 8-bit) carry their preset in the file and are mapped forward with it, so metrics see the
+same [-1, 1] as the real images; 8-bit PNG/JPG/TIFF are read as the uint8 preset."""
 from __future__ import annotations
 
 import json
@@ -7,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from synth.data.intensity import Intensity, from_meta, preset, read_sample_units
+from synth.data.readers import PIL_SUFFIXES, is_nifti, read_nifti, read_pil
 from synth.errors import SynthError
 
-SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SUFFIXES = (".nii.gz", ".nii") + PIL_SUFFIXES
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -24,51 +31,49 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
-def _read(path: Path, spatial_dims: int) -> np.ndarray:
-    if path.name.lower().endswith((".nii.gz", ".nii")):
-        import nibabel as nib
-
-        arr = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
-        if spatial_dims == 2:  # save_nifti writes 2D as (X, Y, 1[, C])
-            if arr.ndim >= 3 and arr.shape[2] == 1:
-                arr = arr[:, :, 0]
-            arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-        else:
-            arr = arr[None] if arr.ndim == 3 else np.moveaxis(arr, -1, 0)
-        return arr
-    from PIL import Image
-
-    arr = np.asarray(Image.open(path), dtype=np.float32)
-    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr[..., :3], -1, 0)
-    return arr / 127.5 - 1.0
-
-
-def _percentile_normalize(img: np.ndarray) -> np.ndarray:
-    out = np.empty_like(img)
-    for c, ch in enumerate(img):
-        lo, hi = np.percentile(ch, [0.5, 99.5])
-        out[c] = np.clip((ch - lo) / max(hi - lo, 1e-8) * 2 - 1, -1, 1)
-    return out
+def _read(path: Path, spatial_dims: int, normalize: bool, units: Intensity | None) -> np.ndarray:
+    """One file as (C, *S): in [-1, 1] when it carries a preset, when `units` (the data's invertible preset) says
+    it is in source units, or with `normalize`; else its raw values (NIfTI) or 8-bit values mapped by the uint8
+    preset (PNG/JPG/TIFF)."""
+    if is_nifti(path):
+        arr = read_nifti(path)[0]
+        if spatial_dims == 2 and arr.shape[-1] == 1:  # save_nifti writes 2D as (X, Y, 1[, C])
+            arr = arr[..., 0]
+        mapped = read_sample_units(path, arr)
+        if mapped is not None:
+            return mapped
+        if units is not None and not normalize:
+            return units.forward(arr, path.name)
+    else:
+        arr = read_pil(path)
+        if not normalize:
+            if arr.min() < 0 or arr.max() > 255:
+                raise SynthError(f"{path.name} holds values in [{arr.min():.3g}, {arr.max():.3g}], not 8-bit: "
+                                 "pass normalize_samples=true to map each image's 0.5-99.5th percentiles to [-1, 1] like the real data")
+            return preset("uint8").forward(arr, path.name)
+    return preset("percentile").forward(arr, path.name) if normalize else arr
 
 
-def read_samples(folder: Path, shape: tuple[int, ...], normalize: bool = False) -> tuple[np.ndarray, dict | None]:
+def read_samples(folder: Path, shape: tuple[int, ...], normalize: bool = False, meta: dict | None = None) -> tuple[np.ndarray, dict | None]:
     """All images of `folder` as (N, *shape) float32 in [-1, 1], and its samples.json (cost) if there is one.
-    `shape` is the real data's (C, *S); a file of another shape or outside [-1, 1] is refused."""
+    `shape` is the real data's (C, *S); a file of another shape or outside [-1, 1] is refused. `meta` (the real
+    data's data_meta) with an invertible preset (e.g. ct_brain) reads NIfTI files that carry no preset of their own
+    as source units (images made elsewhere, in HU)."""
     folder = Path(folder)
     spatial_dims = len(shape) - 1
+    units = from_meta(meta)
+    units = units if units is not None and units.invertible else None
     images = []
     for path in list_images(folder):
-        img = _read(path, spatial_dims)
+        img = _read(path, spatial_dims, normalize, units)
         if tuple(img.shape) != tuple(shape):
             raise SynthError(
                 f"{path.name} has shape {list(img.shape)} (channels first) but the real data has {list(shape)}: "
                 "compare samples with the data config they were generated for (same data.spatial_dims, data.image_size, data.channels)"
             )
-        if normalize:
-            img = _percentile_normalize(img)
-        elif img.min() < -1.001 or img.max() > 1.001:
+        if img.min() < -1.001 or img.max() > 1.001:
             raise SynthError(
-                f"{path.name} has intensities in [{img.min():.3g}, {img.max():.3g}], not [-1, 1] as synth writes them: "
+                f"{path.name} has intensities in [{img.min():.3g}, {img.max():.3g}], not [-1, 1] and no synth intensity preset in its header: "
                 "pass normalize_samples=true to map each image's 0.5-99.5th percentiles to [-1, 1] like the real data"
             )
         images.append(img.astype(np.float32))
