@@ -4,6 +4,8 @@ Importing the package is cheap (no torch): it only registers the OmegaConf resol
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 from synth.errors import SynthError
