@@ -165,9 +165,10 @@ def _evaluate_after(cfg: DictConfig, trainer, run_dir: Path) -> dict:
 
     out_dir = run_dir / "eval" / "after_training"
     result = evaluate_run(run_dir, n=cfg.get("evaluate_n"), out_dir=out_dir, seed=int(cfg.seed))
-    log_evaluation(trainer.loggers, result, trainer.global_step, out_dir)
+    flat = flat_metrics(result)
+    log_evaluation(trainer.loggers, flat, trainer.global_step, out_dir)
     log.info(f"evaluation: {out_dir / 'report.md'}")
-    return flat_metrics(result)
+    return flat
 
 
 # ----- generate -------------------------------------------------------------------------------------------
