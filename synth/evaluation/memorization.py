@@ -65,8 +65,11 @@ def calibrate(calibration_scores: np.ndarray, quantile: float) -> dict:
     if threshold > 0.9999:
         log.warning("held-out real images are near-exact copies of training images (val-to-train r = %.5f): the split leaks, "
                     "and a copied sample cannot be told from an unseen real one", threshold)
-    return {"threshold": threshold, "quantile": float(quantile), "split": "val", "n": int(len(calibration_scores)),
-            "expected_false_rate": round(1 - float(quantile), 6),
+    n = len(calibration_scores)
+    return {"threshold": threshold, "quantile": float(quantile), "split": "val", "n": int(n),
+            # a new unseen image exceeds the q-quantile of n calibration images with probability about
+            # max(1 - q, 1 / (n + 1)): with few calibration images the quantile is their maximum
+            "expected_false_rate": round(max(1 - float(quantile), 1 / (n + 1)), 6),
             "method": f"{quantile:g} quantile of the val split's nearest-training Pearson correlations; checked on the test split"}
 
 

@@ -120,7 +120,7 @@ def select_synthetic(samples: np.ndarray, labels: np.ndarray | None, sets: RealS
         raise SynthError(f"{len(samples)} samples but the reference set has {sets.m} images: generate at least as many samples")
     idx = match_mix(np.asarray(labels), sets.reference_labels, np.random.default_rng(0)) if sets.labelled else None
     if idx is None:
-        note = "synthetic: the samples' classes do not cover R's class mix, so the first m samples are used"
+        note = f"synthetic: the samples' classes do not cover R's class mix, so the first {sets.m} samples are used"
         log.warning(note)
         return samples[:sets.m], np.asarray(labels)[:sets.m], [note]
     return samples[idx], np.asarray(labels)[idx], []

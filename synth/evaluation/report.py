@@ -72,7 +72,7 @@ def markdown(m: dict) -> str:
         "## Realism and diversity",
         "",
         f"Every row compares **{ref['n_per_set']} images with the same real reference set R** ({ref['n_per_set']} test-split images"
-        + (f"; classes {ref['class_counts']}" if ref.get("class_counts") else "") + f"). *synthetic* = {ref['n_per_set']} samples"
+        + (f"; per class: {', '.join(f'{_class(m, c)} {k}' for c, k in ref['class_counts'].items())}" if ref.get("class_counts") else "") + f"). *synthetic* = {ref['n_per_set']} samples"
         + (" in R's class mix" if m.get("per_class") else "") + f"; *real vs real* = {ref['n_per_set']} training images (of {ref['train_pool']}) in R's class mix, "
         "the value a model that reproduces its training data would reach; *noise vs real* = uniform noise in [-1, 1], the value of no model at all. "
         f"Brackets: 95 % bootstrap intervals over images ({m['bootstrap']['draws']} draws, both sets resampled). "
@@ -94,8 +94,9 @@ def markdown(m: dict) -> str:
         + (f"MS-SSIM uses {ms['scales']} scales and a {ms['kernel_size']}-voxel kernel to fit the image size"
            if ms["scales"] > 1 else f"The images are too small for two MS-SSIM scales: plain SSIM ({ms['kernel_size']}-voxel kernel) is used")
         + " (images mapped to [0, 1], data range 1).",
-        f"FRD feature set: {f['columns_kept']} of {f['columns_total']} radiomic columns, chosen and z-scored from R alone and shared by every "
-        f"row and class (fingerprint `{f['fingerprint']}`; runs in one comparison must share it).",
+        f"FRD feature set: {f['columns_kept']} of {f['columns_total']} radiomic columns ({f.get('columns_constant_in_reference', 0)} of them "
+        f"constant over R, with an SD floor), chosen and z-scored from R alone and shared by every row and class "
+        f"(fingerprint `{f['fingerprint']}`; runs in one comparison must share it).",
         *[f"Note: {n}" for n in ref.get("notes") or []],
         "",
     ]
@@ -106,6 +107,11 @@ def markdown(m: dict) -> str:
     lines += _per_class_section(m) + _feature_section(m) + _recon_section(m) + _memorization_section(m) + _cost_section(m)
     lines += _method_section(m)
     return "\n".join(lines)
+
+
+def _class(m: dict, c: str) -> str:
+    pc = (m.get("per_class") or {}).get(c)
+    return pc["name"] if pc else f"class {c}"
 
 
 def _per_class_section(m: dict) -> list[str]:
@@ -174,7 +180,8 @@ def _memorization_section(m: dict) -> list[str]:
         f"For every image, its highest Pearson correlation with any of the {mem['n_train']} training images. "
         f"**Threshold r >= {mem['threshold']:.4f}, calibrated on held-out real data**: the {cal['quantile']:g} quantile of the "
         f"nearest-training correlations of the {cal['n']} images of the **{cal['split']} split**; checked on the test split, "
-        f"where {fmt(cal['check_fraction_test'])} of the images lie above (expected about {fmt(cal['expected_false_rate'])}). "
+        f"where {fmt(cal['check_fraction_test'])} of the images lie above (expected about {fmt(cal['expected_false_rate'])}: "
+        f"max(1 - quantile, 1 / (n + 1)) for n = {cal['n']} calibration images). "
         "A sample above it is closer to a training image than almost every unseen real image is: a likely copy. "
         "Brackets: Wilson 95 % intervals.",
         "",
@@ -213,9 +220,11 @@ def _method_section(m: dict) -> list[str]:
         "## How these numbers are made",
         "",
         "- FRD: the frd-score package (v1): pyradiomics features of the Original, LoG (sigma 2-5) and Wavelet images "
-        "(first-order, GLCM, GLRLM, GLSZM, NGTDM), log of the squared Fréchet distance. The kept columns (finite and not constant "
-        "over R) and their z-scoring (R's mean and SD) come from R alone, so every row, class and run on the same R uses one "
-        "feature set. Images are passed in memory on their own pixel grid (unit spacing, no resampling to 2 mm), over the whole image. "
+        "(first-order, GLCM, GLRLM, GLSZM, NGTDM), log of the squared Fréchet distance. The kept columns (finite for every image "
+        "of R) and their z-scoring (R's mean and SD) come from R alone, so every row, class and run on the same R uses one "
+        "feature set. Unlike frd-score, a column constant over R is kept with an SD floor of max(1, 0.1 % of its value): "
+        "frd-score normalises each image, so the image minimum / maximum / mean are its only intensity-scale columns, and "
+        "dropping the constant ones made FRD blind to a set 20x off in intensity. Images are passed in memory on their own pixel grid (unit spacing, no resampling to 2 mm), over the whole image. "
         "Images whose features fail are left out and counted in the table. Texture dominates FRD: read it beside diversity and sharpness.",
         f"- MMD: unbiased MMD^2 per pixel; Gaussian kernel exp(-d^2 / {fmt(ref.get('rbf_bandwidth'))}) with the bandwidth set from R "
         "(median squared distance between its images), and MONAI's linear kernel, which compares mean images only.",
@@ -223,7 +232,7 @@ def _method_section(m: dict) -> list[str]:
         "of the [-1, 1] range mapped to 0-255; bin width 8). An image with no foreground is measured over the whole image "
         f"(real: {ref['empty_foreground_images']}, synthetic: {fmt((rows['synthetic'] or {}).get('empty_foreground_images'))}).",
         f"- MS-SSIM (MONAI) on images mapped to [0, 1] with data range 1; diversity = mean over up to {ref.get('max_pairs', '—')} pairs of one set.",
-        f"- Intervals: {m['bootstrap']['method']}, {m['bootstrap']['draws']} draws. Sets are drawn with seed {ref['seed']}.",
-        "- Verdict: decided from the intervals (synth.evaluation.verdict; the rules are in its docstring).",
+        f"- Intervals: {m['bootstrap']['draws']} draws; {m['bootstrap']['method']}. Sets are drawn with seed {ref['seed']}.",
+        "- Verdict: decided from the intervals (synth.evaluation.verdict; the rules are in synth/evaluation/verdicts.py).",
         "",
     ]

@@ -23,6 +23,7 @@ from synth.evaluation.frd import FeatureSpace, log_frechet
 
 ROW_METRICS = ("frd", "mmd_rbf", "mmd", "first_order_wasserstein", "first_order_ks", "diversity_gap")  # lower is better
 CI_METRICS = (*ROW_METRICS, "ms_ssim_diversity", "sharpness_ratio")
+NONNEGATIVE = ("first_order_wasserstein", "first_order_ks", "diversity_gap", "ms_ssim_diversity", "sharpness_ratio")  # interval clipped at 0
 
 
 @dataclass
@@ -122,6 +123,9 @@ class Scorer:
         with np.errstate(all="ignore"):
             boot = [values(bx[b], br[b], dx[b], dr[b]) for b in range(self.n_boot)]
         row["ci"] = {k: bootstrap.interval([d[k] for d in boot], row[k]) for k in CI_METRICS}
+        for k in NONNEGATIVE:
+            if row["ci"][k]:
+                row["ci"][k][0] = max(0.0, row["ci"][k][0])
         row.update(n=int(len(xi)), frd_images=int(okx.sum()), frd_dropped_images=int((~okx).sum()), frd_space=self.space.fingerprint)
         per_feature = distances.feature_distances(fox, for_, self.fo_names, self.fo_scale)
         return row, per_feature

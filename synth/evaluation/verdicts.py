@@ -4,7 +4,7 @@ One number alone misleads: a VAE whose samples had no head outline scored FRD be
 diversity (0.13 against 0.29 real) gave it away; a collapsed DCGAN had MS-SSIM 0.72 against 0.087 real. So:
 
   copies training images   the share of samples above the calibrated memorization threshold is, with its whole
-                           interval, above what unseen real images show (max(1 - quantile, 1 / (n_val + 1)))
+                           interval, above the share expected of unseen real images (max(1 - quantile, 1 / (n_val + 1)))
   collapsed                mean pairwise MS-SSIM above R's (intervals apart) and over half-way from R's to 1 (over
                            90 % of the way when the set is blurry: blur alone raises MS-SSIM between distinct images)
   low diversity            above R's (intervals apart) by more than 10 % of the way to 1
@@ -33,7 +33,7 @@ def _memorization(mem: dict | None, issues: list, reasons: list) -> None:
         return
     s = mem["synthetic"]
     cal = mem.get("calibration") or {}
-    expected = max(float(cal.get("expected_false_rate", 0.0)), 1 / (int(cal.get("n", 0)) + 1))
+    expected = float(cal.get("expected_false_rate", 0.0))
     lo = (s.get("fraction_above_ci") or [s["fraction_above"]] * 2)[0]
     text = (f"{s['fraction_above']:.0%} of samples at or above the memorization threshold r = {mem['threshold']:.4f} "
             f"(interval {lo:.0%}-{(s.get('fraction_above_ci') or [0, s['fraction_above']])[1]:.0%}; unseen real images: about {expected:.0%}, "
