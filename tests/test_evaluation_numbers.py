@@ -30,29 +30,29 @@ def _data_cfg(overrides):
 
 @pytest.fixture(scope="module")
 def off(tmp_path_factory):
-    """'Samples' that are the training images at 1/20 of their intensity (a model 20x off), with every class-0
-    image constant (its radiomic features fail), and their classes in samples.json as generate.py writes them
-    for a conditional model."""
+    """'Samples' that are the training images at 1/20 of their intensity (a model 20x off), with their classes in
+    samples.json as generate.py writes them for a conditional model."""
     tmp = tmp_path_factory.mktemp("off")
     data = _data_cfg(DATA)
     dm = instantiate(data)
     dm.setup()
     x = dm.images("train").numpy() / 20
     labels = np.asarray(dm.datasets["train"].labels)
-    x[labels == 0] = 0.0
     for i, img in enumerate(x):
         save_nifti(img, tmp / "samples" / f"sample_{i:05d}.nii.gz", np.eye(4))
     (tmp / "samples" / "samples.json").write_text(json.dumps({"condition": [int(v) for v in labels]}))
-    m = evaluate_samples(tmp / "samples", data, tmp / "eval")
+    m = evaluate_samples(tmp / "samples", data, tmp / "eval", max_images=12)  # 55ab49c: 12 of the 24 val + test images
     return m, dm, tmp
 
 
 def test_frd_sees_a_set_20x_off_in_intensity_with_one_feature_set(off):
-    """Item 3 (fails on 55ab49c: FRD 5.80 there against 5.81 real vs real). The kept columns and z-scoring come
-    from R alone; every row and class uses them."""
+    """Item 3 (fails on 55ab49c: FRD 5.80 there against 5.81 real vs real, noise 10.1). The kept columns and
+    z-scoring come from R alone; every row and class uses them."""
     m, _, _ = off
     rows = m["rows"]
-    assert rows["synthetic"]["frd"] > rows["real_vs_real"]["frd"], {r: v["frd"] for r, v in rows.items()}
+    frd = {r: v["frd"] for r, v in rows.items()}
+    assert frd["synthetic"] > frd["real_vs_real"], frd
+    assert (frd["synthetic"] - frd["real_vs_real"]) / (frd["noise_vs_real"] - frd["real_vs_real"]) > 0.5, "at least half-way to noise"
     assert rows["synthetic"]["ci"]["frd"][0] > rows["real_vs_real"]["ci"]["frd"][1], "the intervals separate"
     space = m["frd"]["fingerprint"]
     used = [r["frd_space"] for r in rows.values()] + [e[k]["frd_space"] for e in m["per_class"].values() for k in ("synthetic", "real_vs_real")]
@@ -74,20 +74,6 @@ def test_reference_is_the_test_split(off):
     assert "the **test split** (12 of its 12 images" in report and "calibrated on held-out real data" in report
 
 
-def test_dropped_images_are_counted_in_report_and_compare(off, tmp_path):
-    """Item 11: images whose radiomic features fail are left out of FRD and counted wherever FRD is shown."""
-    m, _, tmp = off
-    syn = m["rows"]["synthetic"]
-    assert syn["frd_dropped_images"] == 4 and syn["frd_images"] == 8, "R holds 4 class-0 images: their samples are constant"
-    assert m["rows"]["real_vs_real"]["frd_dropped_images"] == 0
-    assert "| images left out of FRD (features failed) | 4 of 12 | 0 of 12 | 0 of 12 |" in (tmp / "eval" / "report.md").read_text()
-    df = compare_runs([tmp / "eval"], tmp_path / "cmp")
-    assert df.loc[0, "frd_dropped"] == 4
-    md = (tmp_path / "cmp" / "compare.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| run"))
-    assert "| frd_dropped |" in header and "left out of that run's FRD" in md
-
-
 def test_conditional_samples_get_per_class_rows_in_the_reference_class_mix(off):
     """Item 12: each class's samples against R's images of that class; the overall row in R's class mix."""
     m, _, _ = off
@@ -96,8 +82,8 @@ def test_conditional_samples_get_per_class_rows_in_the_reference_class_mix(off):
     assert m["reference"]["class_counts"] == {"0": 4, "1": 8}
     for c, e in pc.items():
         assert e["synthetic"]["n"] == e["real_vs_real"]["n"] == e["n_real"] == m["reference"]["class_counts"][c]
-    assert pc["0"]["synthetic"]["frd_dropped_images"] == 4 and np.isnan(pc["0"]["synthetic"]["frd"])
-    assert pc["1"]["synthetic"]["frd"] > pc["1"]["real_vs_real"]["frd"]
+    for e in pc.values():
+        assert e["synthetic"]["frd"] > e["real_vs_real"]["frd"] and e["synthetic"]["frd_space"] == m["frd"]["fingerprint"]
 
 
 def test_every_set_level_number_has_an_interval(off):

@@ -32,7 +32,10 @@ def scored():
     from synth.evaluation.memorization import nearest
 
     lonely = int(np.argmin(nearest(val, train)[0]))
-    candidates = {"held_out": val[:8], "copies": train[:8], "collapsed": np.repeat(val[lonely:lonely + 1], 8, axis=0), "blurred": blurred}
+    failing = val[16:24].copy()
+    failing[:3] = 0.0  # constant images: their radiomic features fail
+    candidates = {"held_out": val[:8], "copies": train[:8], "collapsed": np.repeat(val[lonely:lonely + 1], 8, axis=0), "blurred": blurred,
+                  "failing": failing}
     cache = {}
     return {name: score_sets(x, None, sets, n_boot=200, cache=cache)[0] for name, x in candidates.items()}
 
@@ -58,6 +61,27 @@ def test_blurred_images_are_blurry(scored):
     label, reasons = verdict(scored["blurred"])
     assert label.startswith("blurry / low diversity") and "copies" not in label and "collapsed" not in label, reasons
     assert label.endswith("far from real")
+
+
+def test_failed_features_are_counted_in_report_and_compare(scored, tmp_path):
+    """Item 11: images whose radiomic features fail are left out of FRD and counted wherever FRD is shown."""
+    import json
+
+    from synth.evaluation import compare_runs
+    from synth.evaluation.report import markdown
+
+    m = {**scored["failing"], "model": "m", "family": "f", "data": "phantom", "run_dir": None, "samples_dir": "s",
+         "cost": {"seconds_per_sample": None, "batch_size": None, "device": None, "train_seconds": None, "peak_memory_mb": None}}
+    syn = m["rows"]["synthetic"]
+    assert syn["frd_dropped_images"] == 3 and syn["frd_images"] == 5 and m["rows"]["real_vs_real"]["frd_dropped_images"] == 0
+    assert "| images left out of FRD (features failed) | 3 of 8 | 0 of 8 | 0 of 8 |" in markdown(m)
+    assert any("radiomic features failed for 3 of 8 samples" in r for r in m["verdict"]["reasons"])
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(m))
+    df = compare_runs([tmp_path / "eval"], tmp_path / "cmp")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| run"))
+    assert df.loc[0, "frd_dropped"] == 3 and "| frd_dropped |" in header and "left out of that run's FRD" in md
 
 
 def _metrics(frd, frd_ci, diversity, diversity_ci, real_diversity=0.29, real_ci=(0.26, 0.32)):
