@@ -166,6 +166,14 @@ def test_bootstrap_helpers_on_known_cases():
     a, b = rng.normal(size=30), rng.normal(0.5, 2, size=17)
     w1, ks = distances.w1_ks(a, b)
     assert w1 == pytest.approx(stats.wasserstein_distance(a, b)) and ks == pytest.approx(stats.ks_2samp(a, b).statistic)
+    ties_a, ties_b = np.array([1.0, 1, 2, 3, 3]), np.array([1.0, 2, 2, 3])
+    assert distances.w1_ks(ties_a, ties_b) == pytest.approx((stats.wasserstein_distance(ties_a, ties_b), stats.ks_2samp(ties_a, ties_b).statistic))
+    assert distances.w1_ks(np.full(5, 255.0), np.full(3, 255.0)) == (0.0, 0.0)
+    # a bootstrap draw with repeats: the within-set mean skips pairs of one image with itself
+    k = rng.normal(size=(5, 5))
+    idx = np.array([0, 0, 2, 3, 3])
+    brute = np.mean([k[i, j] for a_, i in enumerate(idx) for b_, j in enumerate(idx) if a_ != b_ and i != j])
+    assert bootstrap.within_mean(k, bootstrap.counts(idx, 5)) == pytest.approx(brute)
 
 
 def test_collapse_raises_rbf_mmd_not_linear_mmd():

@@ -43,19 +43,24 @@ def wilson(k: int, n: int) -> list[float] | None:
     return [0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half)]
 
 
-def within_mean(k: np.ndarray, idx: np.ndarray) -> float:
-    """Mean of k[i, j] over drawn pairs of distinct images (idx: drawn indices into k)."""
-    sub = k[np.ix_(idx, idx)]
-    mask = idx[:, None] != idx[None, :]
-    return float(sub[mask].mean()) if mask.any() else float("nan")
+def counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each of n images was drawn."""
+    return np.bincount(idx, minlength=n).astype(np.float64)
 
 
-def mmd(kxx: np.ndarray, krr: np.ndarray, kxr: np.ndarray, ix: np.ndarray | None = None, ir: np.ndarray | None = None) -> float:
-    """Unbiased MMD^2 from kernel matrices (MONAI's MMDMetric formula), on the drawn images ix / ir (all images
-    when None); about 0 for two samples of one distribution, can dip slightly below."""
-    ix = np.arange(len(kxx)) if ix is None else ix
-    ir = np.arange(len(krr)) if ir is None else ir
-    return within_mean(kxx, ix) + within_mean(krr, ir) - 2 * float(kxr[np.ix_(ix, ir)].mean())
+def within_mean(k: np.ndarray, c: np.ndarray) -> float:
+    """Mean of k[i, j] over drawn pairs of distinct draws that are not the same image (c: draw counts)."""
+    same = float(c @ c)
+    total = float(c.sum()) ** 2 - same
+    return float((c @ k @ c - (c * c) @ np.diag(k)) / total) if total > 0 else float("nan")
+
+
+def mmd(kxx: np.ndarray, krr: np.ndarray, kxr: np.ndarray, cx: np.ndarray | None = None, cr: np.ndarray | None = None) -> float:
+    """Unbiased MMD^2 from kernel matrices (MONAI's MMDMetric formula), with images weighted by their draw counts
+    cx / cr (all images once when None); about 0 for two samples of one distribution, can dip slightly below."""
+    cx = np.ones(len(kxx)) if cx is None else cx
+    cr = np.ones(len(krr)) if cr is None else cr
+    return within_mean(kxx, cx) + within_mean(krr, cr) - 2 * float(cx @ kxr @ cr / (cx.sum() * cr.sum()))
 
 
 def pair_means(pairs: np.ndarray, scores: np.ndarray, n: int, idx: np.ndarray) -> np.ndarray:

@@ -121,15 +121,25 @@ def sharpness(images: np.ndarray) -> np.ndarray:
     return out
 
 
+def w1_ks_columns(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of a (n, F) and b (m, F): Wasserstein-1 distance and two-sample KS statistic (as scipy.stats'
+    wasserstein_distance and ks_2samp), from the difference of the two empirical CDFs along the pooled sorted
+    values; the KS maximum is taken at the end of each run of tied values."""
+    pooled = np.concatenate([a, b])
+    step = np.concatenate([np.full(len(a), len(b)), np.full(len(b), -len(a))])  # integers: ties cancel exactly
+    order = np.argsort(pooled, axis=0, kind="stable")
+    values = np.take_along_axis(pooled, order, axis=0)
+    diff = np.cumsum(step[order], axis=0) / (len(a) * len(b))  # F_a - F_b just after each pooled value
+    w1 = (np.abs(diff[:-1]) * np.diff(values, axis=0)).sum(axis=0)
+    run_end = np.ones(values.shape, dtype=bool)
+    run_end[:-1] = values[1:] != values[:-1]
+    return w1, np.where(run_end, np.abs(diff), 0).max(axis=0)
+
+
 def w1_ks(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Wasserstein-1 distance and two-sample KS statistic between the samples a and b (as scipy.stats'
-    wasserstein_distance and ks_2samp, from the two empirical CDFs on the pooled values)."""
-    a, b = np.sort(a), np.sort(b)
-    values = np.sort(np.concatenate([a, b]))
-    ca = np.searchsorted(a, values, side="right") / len(a)
-    cb = np.searchsorted(b, values, side="right") / len(b)
-    w1 = float(np.sum(np.abs(ca - cb)[:-1] * np.diff(values)))
-    return w1, float(np.max(np.abs(ca - cb)))
+    """w1_ks_columns for one feature."""
+    w1, ks = w1_ks_columns(np.asarray(a, dtype=np.float64)[:, None], np.asarray(b, dtype=np.float64)[:, None])
+    return float(w1[0]), float(ks[0])
 
 
 def feature_distances(x: np.ndarray, reference: np.ndarray, names: list[str], scale: np.ndarray | None = None) -> dict[str, dict[str, float]]:
@@ -138,11 +148,9 @@ def feature_distances(x: np.ndarray, reference: np.ndarray, names: list[str], sc
     from scipy import stats
 
     scale = feature_scale(reference) if scale is None else scale
-    out = {}
-    for k, name in enumerate(names):
-        w1, ks = w1_ks(x[:, k], reference[:, k])
-        out[name] = {"wasserstein": w1 / scale[k], "ks": ks, "ks_pvalue": float(stats.ks_2samp(x[:, k], reference[:, k]).pvalue)}
-    return out
+    w1, ks = w1_ks_columns(x, reference)
+    return {name: {"wasserstein": float(w1[k] / scale[k]), "ks": float(ks[k]), "ks_pvalue": float(stats.ks_2samp(x[:, k], reference[:, k]).pvalue)}
+            for k, name in enumerate(names)}
 
 
 def feature_scale(reference: np.ndarray) -> np.ndarray:

@@ -39,11 +39,13 @@ def numerically_constant(reference: np.ndarray, rtol: float = 1e-5) -> np.ndarra
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     """Squared Fréchet distance between Gaussians fitted to the rows of x and y (np.cov, ddof 1), the formula of
     frd-score's `calculate_frechet_distance`: |mu_x - mu_y|^2 + tr(S_x) + tr(S_y) - 2 tr sqrt(S_x S_y). With
-    S = Xc^T Xc / (n - 1), tr sqrt(S_x S_y) is exactly the nuclear norm of Xc Yc^T / sqrt((n_x - 1)(n_y - 1)):
-    an n x n problem instead of a d x d matrix square root (d ~ 400-1000 features, n images), faster and free of
-    the singular-matrix fix-ups sqrtm needs when there are fewer images than features."""
+    S = Xc^T Xc / (n - 1), tr sqrt(S_x S_y) is exactly the nuclear norm of M = Xc Yc^T / sqrt((n_x - 1)(n_y - 1))
+    (the sum of the square roots of the eigenvalues of M M^T): an n x n problem instead of a d x d matrix square
+    root (d ~ 400-1000 features, n images), faster and free of the singular-matrix fix-ups sqrtm needs when there
+    are fewer images than features."""
     xc, yc = x - x.mean(0), y - y.mean(0)
-    cross = np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / np.sqrt((len(x) - 1) * (len(y) - 1))
+    m = xc @ yc.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(m @ m.T), 0, None)).sum() / np.sqrt((len(x) - 1) * (len(y) - 1))
     diff = x.mean(0) - y.mean(0)
     return float(diff @ diff + (xc * xc).sum() / (len(x) - 1) + (yc * yc).sum() / (len(y) - 1) - 2 * cross)
 
