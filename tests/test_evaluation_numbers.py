@@ -225,3 +225,35 @@ def test_compare_groups_reference_sets_and_ranks_only_separated_runs(off, tmp_pa
     assert "2 different real reference sets" in md and "ref_set ?" in md
     assert f"| {f:.4g} [{lo:.4g}, {hi:.4g}] | 1 |" in md
     shutil.rmtree(tmp_path / "cmp")
+
+
+def test_reference_class_mix_drives_conditions_and_the_synthetic_row():
+    """Item 12: a conditional model samples R's labels; the real-vs-real row and a set of samples with another
+    class mix are drawn in R's proportions."""
+    rng = np.random.default_rng(0)
+    img = lambda n: rng.uniform(-1, 1, (n, 1, 8, 8)).astype(np.float32)  # noqa: E731
+    train_labels, test_labels = np.array([0] * 20 + [1] * 20), np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    splits = {"train": (img(40), train_labels), "val": (img(6), np.zeros(6, np.int64)), "test": (img(10), test_labels)}
+    sets = reference.real_sets(splits, None, 256, seed=0)
+    assert sorted(sets.reference_labels) == sorted(test_labels) and sorted(sets.real_vs_real_labels) == sorted(test_labels)
+    assert reference.sample_conditions(sets, 13) == [*map(int, sets.reference_labels), *map(int, sets.reference_labels[:3])]
+    skewed = np.array([1] * 30 + [0] * 5)
+    x, labels, notes = reference.select_synthetic(img(35), skewed, sets)
+    assert len(x) == 10 and sorted(labels) == sorted(test_labels) and not notes
+    _, _, notes = reference.select_synthetic(img(35), np.array([1] * 33 + [0] * 2), sets)
+    assert notes and "class mix" in notes[0]
+
+
+@pytest.mark.slow  # trains a tiny conditional DCGAN for 2 steps, then a full evaluation (~1 min on 2 busy cores)
+def test_conditional_run_is_evaluated_per_class(tmp_path):
+    from synth.evaluation import evaluate_run
+    from synth.tasks import train
+    from tests.conftest import TINY, compose_train, quick
+
+    cfg = compose_train(tmp_path, ["model=dcgan", *TINY["dcgan"], "model.num_classes=2", *DATA, *quick(2)])
+    _, objs = train(cfg)
+    m = evaluate_run(objs["run_dir"], seed=0, n_boot=100)
+    counts = m["reference"]["class_counts"]
+    sample_info = json.loads((objs["run_dir"] / "eval").glob("*/samples/samples.json").__next__().read_text())
+    assert sorted(sample_info["condition"]) == sorted(int(c) for c, k in counts.items() for _ in range(k))
+    assert set(m["per_class"]) == set(counts) and all(e["synthetic"]["n"] == counts[c] for c, e in m["per_class"].items())
