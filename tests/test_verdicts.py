@@ -106,3 +106,5 @@ def test_rules_on_the_issues_cases():
     # overlapping intervals are not a difference
     assert verdict(_metrics(8.1, [7.9, 8.3], 0.31, [0.28, 0.34]))[0] == "close to real"
     assert verdict({"rows": {"synthetic": None}})[0] == "no samples"
+    # without intervals (too few images) no difference is claimed, and "close to real" is not either
+    assert verdict(_metrics(7.67, None, 0.95, None))[0] == "between real and noise"

@@ -23,10 +23,12 @@ def draws(n: int, b: int, rng: np.random.Generator) -> np.ndarray:
 
 def interval(values, estimate: float) -> list[float] | None:
     """[lo, hi]: the 95 % spread of the finite draws around their median, placed around `estimate` (None when
-    the estimate is not finite or fewer than 10 draws are)."""
+    the estimate is not finite, or fewer than 80 % of the draws are: with 2-3 images most draws repeat one image,
+    and the few finite ones would give a falsely narrow interval)."""
     v = np.asarray(values, dtype=np.float64)
+    n = len(v)
     v = v[np.isfinite(v)]
-    if len(v) < 10 or estimate is None or not np.isfinite(estimate):
+    if len(v) < max(10, 0.8 * n) or estimate is None or not np.isfinite(estimate):
         return None
     lo, med, hi = np.percentile(v, [50 * (1 - LEVEL), 50, 100 - 50 * (1 - LEVEL)])
     return [float(estimate - (med - lo)), float(estimate + (hi - med))]

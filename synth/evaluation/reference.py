@@ -98,6 +98,9 @@ def real_sets(splits: dict, n_samples: int | None, max_images: int, seed: int) -
             notes.append("real vs real: the training split lacks images of some class, so its class mix differs from R's")
             log.warning(notes[-1])
         rr = np.sort(rng.choice(len(train), m, replace=False))
+    if m < 10:
+        notes.append(f"only {m} images per set: intervals from so few images are rough (some cannot be computed) and the verdict is provisional")
+        log.warning(notes[-1])
     noise = rng.uniform(-1, 1, size=(m, *test.shape[1:])).astype(np.float32)
     return RealSets(reference=reference, reference_labels=reference_labels, real_vs_real=train[rr], real_vs_real_labels=train_labels[rr],
                     noise=noise, train=train, calibration=val, split="test", split_size=len(test), m=m, notes=notes)

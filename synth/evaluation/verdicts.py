@@ -21,10 +21,10 @@ import math
 
 
 def _ci(row: dict, key: str) -> tuple[float, float, float]:
-    """(value, lo, hi); an absent interval collapses to the value."""
+    """(value, lo, hi); nan bounds where there is no interval (too few images): no rule fires on a missing one."""
     v = row.get(key)
     v = float("nan") if v is None else float(v)
-    ci = (row.get("ci") or {}).get(key) or [v, v]
+    ci = (row.get("ci") or {}).get(key) or [float("nan")] * 2
     return v, float(ci[0]), float(ci[1])
 
 
@@ -48,7 +48,7 @@ def _memorization(mem: dict | None, issues: list, reasons: list) -> None:
 def _diversity(syn: dict, ref: dict, blurry: bool, issues: list, reasons: list) -> None:
     d, lo, hi = _ci(syn, "ms_ssim_diversity")
     r = float(ref.get("ms_ssim_diversity_real", float("nan")))
-    r_lo, r_hi = ref.get("ms_ssim_diversity_real_ci") or [r, r]
+    r_lo, r_hi = ref.get("ms_ssim_diversity_real_ci") or [float("nan")] * 2
     if math.isnan(d) or math.isnan(r):
         return
     text = f"mean pairwise MS-SSIM {d:.3f} [{lo:.3f}, {hi:.3f}] vs real {r:.3f} [{r_lo:.3f}, {r_hi:.3f}] (1 = identical images)"
