@@ -161,13 +161,14 @@ def _evaluate_after(cfg: DictConfig, trainer, run_dir: Path) -> dict:
     if not trainer.is_global_zero:
         return {}
     from synth.evaluation import evaluate_run, flat_metrics
+    from synth.evaluation.run import summary_line
     from synth.tracking import log_evaluation
 
     out_dir = run_dir / "eval" / "after_training"
     result = evaluate_run(run_dir, n=cfg.get("evaluate_n"), out_dir=out_dir, seed=int(cfg.seed))
     flat = flat_metrics(result)
     log_evaluation(trainer.loggers, flat, trainer.global_step, out_dir)
-    log.info(f"evaluation: {out_dir / 'report.md'}")
+    log.info(f"evaluation: {summary_line(result)}; report: {out_dir / 'report.md'}")
     return flat
 
 
