@@ -63,6 +63,11 @@ class GenerativeModule(L.LightningModule):
         """Return `n` images `(n, C, *S)` in [-1, 1]."""
         raise NotImplementedError
 
+    def sampling_settings(self, **sampler: Any) -> dict | None:
+        """The sampler a request resolves to, defaults filled in (samples.json records it); None for families that
+        draw in one pass without sampler settings (GAN, autoencoders). Diffusion overrides it."""
+        return None
+
     def check_sampling(self, condition: Any = None, **sampler) -> None:
         """Refuse a sampling request before any work starts (generate.py calls this first)."""
         self._check_conditioning(condition)
