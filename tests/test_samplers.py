@@ -56,6 +56,20 @@ def test_samplers_draw_what_their_equations_say_with_an_oracle_denoiser(tmp_path
         assert abs(std / S - 1) < 0.03, "all 1000 ancestral steps reproduce the data's spread"
 
 
+def test_the_validation_grids_default_ddim_chain(tmp_path):
+    """SampleGrid draws with the model's defaults (`sample(n, generator=...)`: DDIM, model.sampling_steps). With the
+    tiny flavour (100 timesteps, 5 steps) the schedule is 99, 74, 50, 25, 0 but MONAI's DDIM step moved the sample
+    by 100 // 5 = 20 timesteps: every step of the grid's chain landed 4-5 timesteps away from where the network was
+    told the sample was next (1000 timesteps / 50 steps: one timestep off at 2 steps in 5)."""
+    over = ["model=ddpm", *TINY["ddpm"], *phantom(2, size=16)]
+    m = instantiate(compose_train(tmp_path, over).model).eval()
+    m.net, m.ema = GaussianOracle(m.scheduler, MU, S), None
+    x = m.sample(128, generator=torch.Generator().manual_seed(0), progress=False)  # as SampleGrid calls it
+    (mean, std), sched = reference(m)
+    assert [int(t) for t in sched.timesteps] == [99, 74, 50, 25, 0] and m.net.calls == 5
+    assert abs(x.mean().item() - mean) < 0.01 and abs(x.std().item() / std - 1) < 0.03, (x.mean(), x.std(), mean, std)
+
+
 @pytest.mark.parametrize("steps", [30, 10])
 def test_rectified_flow_with_an_oracle_velocity(tmp_path, steps):
     m = oracle_model(tmp_path, "rflow")
