@@ -39,7 +39,7 @@ def test_autoencoders_log_the_set_level_sample_metric(train_cfg):
     assert torch.equal(objs["model"].latent_post_var, torch.zeros_like(objs["model"].latent_post_var)), "the AE's latents carry no noise"
 
 
-def test_checkpoint_from_before_the_posterior_variance_loads(train_cfg, caplog):
+def test_checkpoint_from_before_the_posterior_variance_loads(train_cfg):
     cfg = train_cfg("ae", ["callbacks.sample_grid.n=0"], steps=1, n=8)
     _, objs = train(cfg)
     run = objs["run_dir"]

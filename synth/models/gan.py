@@ -156,7 +156,7 @@ class GANModule(GenerativeModule):
         if self.global_rank == 0:  # one warning per run, not one per rank
             ratio = self.collapse_watch.update(self.global_step, float(loss_d), real, fake)
             if ratio is not None:
-                logs["train/spread_ratio"] = torch.tensor(ratio)  # fake / real batch spread (about 1 when diverse)
+                logs["train/spread_ratio"] = ratio  # fake / real batch spread (about 1 when diverse)
         self.log_dict(logs, prog_bar=True, batch_size=n)
 
     # ----- checks before fit, and validation: a set-level signal, since GAN losses do not track quality -----
