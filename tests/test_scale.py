@@ -96,7 +96,7 @@ def test_failed_trials_are_recorded_and_end_the_sweep_only_past_max_failure_rate
 
 
 def test_sweep_configs_compose_with_their_search_space(tmp_path):
-    for name, metric in [("ddpm", "val/loss"), ("vae", "val/l1"), ("dcgan", "val/mmd")]:
+    for name, metric in [("ddpm", "val/loss"), ("vae", "val/mmd_rbf"), ("dcgan", "val/mmd_rbf")]:
         res = run_script("train.py", ["--cfg", "all", f"sweep={name}", "data=phantom"], cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-2000:]
         out = res.stdout
