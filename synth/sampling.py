@@ -56,12 +56,19 @@ def write_samples(
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with tqdm(total=n, desc="generating", unit="img") as bar:
+    steps = (settings or {}).get("steps") or 1
+    with tqdm(total=n, desc="generating", unit="img", disable=None) as bar:
         for b, first in enumerate(range(0, n, batch_size)):
             m = min(batch_size, n - first)
             g = torch.Generator(device=device).manual_seed(seed + b)
             cond = condition[first:first + m] if isinstance(condition, (list, tuple)) else condition
-            images = model.sample(m, condition=cond, generator=g, progress=False, **sampler).float().cpu().numpy()
+            images = model.sample(m, condition=cond, generator=g, progress=steps > 1, **sampler).float()
+            if not torch.isfinite(images).all():  # never NaN/inf images as samples: the partial set is removed too
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise SynthError(f"the {model.name} model produced NaN/inf values (batch {b}): its weights or this sampler setting are "
+                                 "broken, so no sample was kept; use another checkpoint (ckpt=best) or another sampler / steps")
+            images = images.cpu().numpy()
             for i, img in enumerate(images):
                 name = f"sample_{first + i:05d}"
                 written.append(save_png(img, out_dir / f"{name}.png") if as_png else write_sample_nifti(img, out_dir / f"{name}.nii.gz", affine, meta))

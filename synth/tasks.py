@@ -186,7 +186,7 @@ def generate(cfg: DictConfig) -> dict:
     condition = OmegaConf.to_container(cfg.condition) if OmegaConf.is_config(cfg.condition) else cfg.condition
     info = write_samples(
         model, out_dir, n=int(cfg.n), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
-        condition=condition, grid=bool(cfg.grid), sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
+        condition=condition, grid=bool(cfg.grid), sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance, eta=cfg.get("eta"),
     )
     log.info(f"{info['n']} samples ({info['seconds_per_sample']:.3f} s/sample on {info['device']}) in {out_dir}")
     return info

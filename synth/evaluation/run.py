@@ -178,7 +178,7 @@ def evaluate(cfg: DictConfig) -> dict:
     common = dict(seed=int(cfg.seed), max_images=int(cfg.max_images), foreground_threshold=float(cfg.foreground_threshold),
                   memorization_quantile=float(cfg.memorization.quantile), pairs=int(cfg.memorization.pairs), n_boot=int(cfg.bootstrap))
     if cfg.run_dir is not None:
-        sampler = {k: cfg[k] for k in ("sampler", "steps", "guidance") if cfg.get(k) is not None}
+        sampler = {k: cfg[k] for k in ("sampler", "steps", "guidance", "eta") if cfg.get(k) is not None}
         metrics = evaluate_run(cfg.run_dir, n=cfg.n, batch_size=int(cfg.batch_size), device=str(cfg.device), out_dir=out_dir,
                                ckpt=str(cfg.ckpt), samples=cfg.samples, log_dir=OmegaConf.select(cfg, "paths.log_dir"), **common, **sampler)
     else:

@@ -29,6 +29,9 @@ def build(cfg: Any, **overrides: Any) -> Any:
     return target(**{**cfg, **overrides})
 
 
+SAMPLER_KEYS = ("sampler", "steps", "guidance", "eta")  # what generate.py / evaluate.py may pass to sample()
+
+
 class GenerativeModule(L.LightningModule):
     """Base of the families. Subclasses build their networks from config and implement the steps and `sample`."""
 
@@ -78,8 +81,14 @@ class GenerativeModule(L.LightningModule):
         return None
 
     def check_sampling(self, condition: Any = None, **sampler) -> None:
-        """Refuse a sampling request before any work starts (generate.py calls this first)."""
+        """Refuse a sampling request before any work starts (generate.py calls this first). Families that draw in
+        one pass (GAN, autoencoders) take no sampler settings: a request for one is refused, never ignored."""
         self._check_conditioning(condition)
+        given = {k: v for k, v in sampler.items() if k in SAMPLER_KEYS and v is not None}
+        if given:
+            asked = " ".join(f"{k}={v}" for k, v in given.items())
+            raise SynthError(f"{asked}: a {self.name} model ({self.family}) draws each sample in one pass and takes no sampler "
+                             "settings; drop them (they apply to diffusion models)")
 
     def check_divisible(self, factor: int, what: str, shape: Sequence[int] | None = None) -> None:
         """Fail before training when the image (or latent) cannot pass through `factor`-fold downsampling."""

@@ -230,7 +230,10 @@ class DiffusionModule(GenerativeModule):
         return sched
 
     def check_sampling(self, condition: Any = None, **sampler: Any) -> None:
-        super().check_sampling(condition)
+        self._check_conditioning(condition)
+        if sampler.get("guidance") is not None and not self.conditional:
+            raise SynthError(f"guidance={sampler['guidance']} steers a conditional model toward its class: this {self.name} model is "
+                             "unconditional; drop guidance= (or train one with model.num_classes=K)")
         self.sampling_settings(**sampler)
 
     def _predict(self, net, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, guidance: float) -> torch.Tensor:
@@ -267,7 +270,9 @@ class DiffusionModule(GenerativeModule):
         step_gen = generator if generator is not None and generator.device == self.device else None
         timesteps = [int(t) for t in sched.timesteps]
         full_ddpm = isinstance(sched, DDPMScheduler) and len(timesteps) == self.scheduler.num_train_timesteps
-        for i, t in enumerate(tqdm(timesteps, desc=f"{settings['name']} sampling", disable=not progress, leave=False)):
+        steps_bar = tqdm(timesteps, desc=f"{settings['name']} {len(timesteps)} steps", unit="step", leave=False,
+                         disable=None if progress else True)  # None: shown on a terminal, not in log files
+        for i, t in enumerate(steps_bar):
             t_batch = torch.full((n,), t, device=self.device, dtype=torch.long)
             model_output = self._predict(net, x, t_batch, labels, 1.0 if settings["guidance"] is None else settings["guidance"])
             t_next = timesteps[i + 1] if i + 1 < len(timesteps) else None
