@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from synth.tasks import load_checkpoint, load_run, train
+from synth.runs import load_checkpoint, load_run
+from synth.tasks import train
 
 
 def test_fitted_prior_is_the_aggregate_posterior(train_cfg):

@@ -32,6 +32,10 @@ def build(cfg: Any, **overrides: Any) -> Any:
 SAMPLER_KEYS = ("sampler", "steps", "guidance", "eta")  # what generate.py / evaluate.py may pass to sample()
 
 
+def _no_closure() -> None:
+    """Manual optimization ran backward already: the optimizer step's closure has nothing left to do."""
+
+
 class GenerativeModule(L.LightningModule):
     """Base of the families. Subclasses build their networks from config and implement the steps and `sample`."""
 
@@ -148,11 +152,13 @@ class GenerativeModule(L.LightningModule):
     def require_unused_parameters_under_ddp(self, what: str) -> None:
         """Adversarial models step two networks in separate backward passes, each leaving the other's
         parameters unused, which DDP allows only with find_unused_parameters."""
-        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)  # set by Lightning's DDPStrategy
-        if ddp_kwargs is not None and not ddp_kwargs.get("find_unused_parameters"):
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = self.trainer.strategy.model  # the strategy wraps the module before on_fit_start
+        if isinstance(wrapped, DistributedDataParallel) and not wrapped.find_unused_parameters:
             raise SynthError(
                 f"{what} updates two networks in separate backward passes, which DDP allows only with find_unused_parameters: "
-                "add strategy=ddp_find_unused (or trainer.strategy=ddp_find_unused_parameters_true)"
+                "add strategy=ddp_find_unused"
             )
 
     # ----- the set-level validation metric (GAN, VAE, AE) ---------------------------------------------------
@@ -205,12 +211,9 @@ class GenerativeModule(L.LightningModule):
         if count:
             opt.step()
             return
-        hooks = opt._on_before_step, opt._on_after_step  # Lightning's step counting and profiling around step()
-        opt._on_before_step = opt._on_after_step = lambda: None
-        try:
-            opt.step()
-        finally:
-            opt._on_before_step, opt._on_after_step = hooks
+        # the strategy's step (precision plugin and gradient scaler included) without the LightningOptimizer wrapper
+        # around it, which is what counts trainer.global_step
+        self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure)
 
     def build_optimizer(self, cfg: Any, params) -> torch.optim.Optimizer:
         return instantiate(cfg)(params=params)

@@ -6,6 +6,7 @@ asking for clipping is refused (the clamp to [-1, 1] is meant for images; latent
 so clipping them shrinks the samples' spread)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from omegaconf import OmegaConf
 
 from synth.errors import SynthError
 from synth.models.diffusion import DiffusionModule, _own_args
+
+log = logging.getLogger(__name__)
 
 
 def load_autoencoder(run_dir: str, image_shape: tuple[int, ...]):
@@ -92,4 +95,5 @@ class LatentDiffusionModule(DiffusionModule):
         std = torch.cat(latents).std()
         std = self.trainer.strategy.reduce(std, reduce_op="mean")
         self.scale_factor.fill_(1.0 / float(std.clamp_min(1e-6)))
-        self.print(f"[synth] latent scale factor {float(self.scale_factor):.4f} (latent std {float(std):.4f})")
+        if self.trainer.is_global_zero:
+            log.info(f"latent scale factor {float(self.scale_factor):.4f} (latent std {float(std):.4f})")
