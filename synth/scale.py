@@ -18,10 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def strategy(cfg: DictConfig, model) -> Any:
-    """A configured strategy object (strategy=ddp ...) wins over the trainer's strategy name. Strategies a model
-    cannot use are refused here, before any process starts."""
+    """The strategy group's choice: a configured strategy object (strategy=ddp ...), or Lightning's own pick by name
+    (strategy=auto). Strategies a model cannot use are refused here, before any process starts."""
     if "_target_" not in cfg.strategy:
-        return cfg.trainer.get("strategy", "auto")
+        return cfg.strategy.get("name", "auto")
     target = str(cfg.strategy._target_)
     choice = HydraConfig.get().runtime.choices.get("strategy", target) if HydraConfig.initialized() else target
     sharded = "DeepSpeed" in target or "FSDP" in target
@@ -48,8 +48,8 @@ def refuse_local_multirun_ddp(cfg: DictConfig) -> None:
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     devices = cfg.trainer.get("devices", 1)
-    spawns = str(cfg.trainer.get("strategy", "auto")).startswith("ddp") or "_target_" in cfg.strategy
-    if HydraConfig.get().mode == RunMode.MULTIRUN and spawns and devices not in (1, "1") and not SLURMEnvironment.detect():
+    spawns = devices not in (1, "1") or int(cfg.trainer.get("num_nodes", 1) or 1) > 1
+    if HydraConfig.get().mode == RunMode.MULTIRUN and spawns and not SLURMEnvironment.detect():
         raise SynthError(
             "a local multirun (-m) cannot launch multi-process DDP jobs: run each DDP job on its own, without -m, "
             "or sweep on SLURM (hydra/launcher=slurm starts one task per GPU)"

@@ -84,7 +84,7 @@ def test_generate_refuses_bad_requests(trained_run, tmp_path, args, expect):
 @pytest.mark.parametrize(
     "overrides,check",
     [
-        (["trainer=ddp"], lambda c: c.trainer.strategy == "ddp" and c.trainer.devices == "auto" and c.trainer.accelerator == "gpu"),
+        (["trainer=ddp"], lambda c: "strategy" not in c.trainer and c.strategy.name == "auto" and c.trainer.devices == "auto" and c.trainer.accelerator == "gpu"),
         (["trainer=gpu"], lambda c: c.trainer.precision == "bf16-mixed"),
         (["trainer=ddp_cpu"], lambda c: c.trainer.devices == 2 and c.trainer.accelerator == "cpu"),
         (["strategy=ddp"], lambda c: c.strategy._target_.endswith("DDPStrategy")),

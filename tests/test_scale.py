@@ -183,7 +183,7 @@ def test_requeued_job_resumes_in_place(tmp_path):
 
 
 def test_multirun_with_spawning_ddp_is_refused(tmp_path):
-    cfg = compose_train(tmp_path, [*TINY_DDPM, *quick(2), "trainer=ddp_cpu", "trainer.devices=2", "trainer.strategy=ddp"])
+    cfg = compose_train(tmp_path, [*TINY_DDPM, *quick(2), "trainer=ddp_cpu", "trainer.devices=2"])
     hydra_cfg = HydraConfig.get()
     with open_dict(hydra_cfg), read_write(hydra_cfg):
         hydra_cfg.mode = RunMode.MULTIRUN
