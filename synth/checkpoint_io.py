@@ -1,10 +1,9 @@
 """Checkpoint files that survive a kill: `AtomicCheckpointIO` (the Trainer's CheckpointIO plugin) writes each
-checkpoint to a hidden temp file in the same folder, fsyncs it, then renames it over the target, so a kill
+checkpoint with synth.io.atomic_write (a hidden temp file in the same folder, fsync, rename), so a kill
 at any moment leaves either the old complete file or the new complete one, never half of one. Loading is
 restricted to tensors and plain data (weights_only), so a checkpoint cannot run code."""
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -12,15 +11,7 @@ from typing import Any, Callable, Optional
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from synth.errors import SynthError
-
-DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-def partial_path(path: Path) -> Path:
-    """The temp file a save of `path` writes first (hidden; a kill may leave it, the next save replaces it)."""
-    return path.with_name(f".{path.name}.partial")
-
+from synth.io import atomic_write
 
 class _Writes:
     """A file that remembers the OSError of a failed write: torch's zip writer reports it only as a RuntimeError."""
@@ -40,34 +31,19 @@ class _Writes:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save `obj` to `path` atomically (same-folder temp file, fsync, os.replace, fsync of the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    writes = None
-    try:
+    """torch.save `obj` to `path` through synth.io.atomic_write (a full disk: one line, the old file intact)."""
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             writes = _Writes(f)
-            torch.save(obj, writes)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        err = writes.error if writes is not None and writes.error is not None else err
-        if isinstance(err, OSError) and err.errno in DISK_FULL:
-            raise SynthError(f"no space left on the disk of {path.parent} while writing {path} ({os.strerror(err.errno)}): "
-                             "free space there (or move outputs/ with PROJECT_ROOT=<a larger disk>); the previous checkpoint is intact") from None
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # some filesystems cannot fsync a directory
-        pass
-    return path
+            try:
+                torch.save(obj, writes)
+            except RuntimeError:
+                if writes.error is not None:  # the disk's error, not torch's wrapper of it
+                    raise writes.error from None
+                raise
+
+    return atomic_write(path, write)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -3,28 +3,58 @@ extension, e.g. the intensity preset of samples written in source units), PNG fo
 for looking at many samples at once (mid axial slices for 3D). Every write is atomic."""
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from synth.errors import SynthError
 
-def _atomic(path: Path, write) -> Path:
+
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def partial_path(path: Path) -> Path:
+    """The hidden temp file a write of `path` fills first: unique per process, ending in the same suffixes (writers
+    that go by the extension, e.g. nibabel's .nii.gz, still work). A kill may leave it behind; it is never read."""
+    suffixes = "".join(path.suffixes)
+    return path.with_name(f".{path.name[:len(path.name) - len(suffixes)]}.{os.getpid()}.partial{suffixes}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: bool = True) -> Path:
+    """synth's one atomic writer (images, grids, caches, checkpoints): `write(tmp)` fills a hidden temp file in the
+    same folder (named with its suffixes, so writers that go by the extension work), which is fsynced and renamed over
+    `path`, then the folder is fsynced: readers and a kill see the old complete file or the new one, never half.
+    A full disk becomes a SynthError that names the folder; the previous file is left intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
-    os.close(fd)
+    tmp = partial_path(path)
     try:
         write(tmp)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise SynthError(f"no space left on the disk of {path.parent} while writing {path.name} ({os.strerror(err.errno)}): "
+                             "free space there (or move outputs/ with PROJECT_ROOT=<a larger disk>); earlier files are intact") from None
+        raise
+    if fsync:
+        try:  # make the rename itself durable
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:  # some filesystems cannot fsync a directory
+            pass
     return path
 
 
@@ -49,7 +79,7 @@ def save_nifti(image: np.ndarray, path: Path, affine: np.ndarray, note: dict | N
     img.header.set_xyzt_units("mm")
     if note is not None:
         img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps({"synth": note}).encode()))
-    return _atomic(path, lambda tmp: nib.save(img, tmp))
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 def read_note(path: Path) -> dict | None:
@@ -78,7 +108,7 @@ def save_png(image: np.ndarray, path: Path) -> Path:
     """`image` (C, H, W) in [-1, 1]; C = 1 (grey) or 3 (RGB), rows = H as the source PNG had them."""
     arr = to_uint8(image)
     arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr[:3], 0, -1)
-    return _atomic(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
 def display_plane(image: np.ndarray, volume_axes: bool) -> np.ndarray:
@@ -117,7 +147,7 @@ def save_grid_image(grid: np.ndarray, path: Path, scale: int = 2) -> Path:
     grid = Image.fromarray(grid)
     if scale > 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
-    return _atomic(path, lambda tmp: grid.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
 
 
 def is_rgb(meta: dict) -> bool:

@@ -20,7 +20,8 @@ import torch
 
 from omegaconf import OmegaConf
 
-from synth.checkpoint_io import AtomicCheckpointIO, partial_path
+from synth.checkpoint_io import AtomicCheckpointIO
+from synth.io import partial_path
 from synth.cli import run_task
 from synth.errors import SynthError
 from synth.runs import load_checkpoint, load_run, resolve_resume

@@ -5,7 +5,6 @@ preprocessing, used while the subject's files keep their size and mtime; written
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from synth.data.readers import Subject
+from synth.io import atomic_write
 from synth.data.sources import Source
 from synth.data.transforms import Augment, Preprocess, Processed
 
@@ -73,6 +73,6 @@ def load_cached(path: Path, subject: Subject) -> Processed | None:
 def save_cached(path: Path, subject: Subject, p: Processed) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     info = {k: getattr(p, k) for k in INFO} | {"stamp": stamp(subject)}
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    np.savez(tmp, items=p.items, info=json.dumps(info), **{k: getattr(p, k) for k in ARRAYS if getattr(p, k) is not None})
-    os.replace(tmp, path)  # atomic: concurrent ranks never see half a file
+    arrays = {k: getattr(p, k) for k in ARRAYS if getattr(p, k) is not None}
+    # atomic: concurrent ranks never see half a file (no fsync: a cache can always be rebuilt)
+    atomic_write(path, lambda tmp: np.savez(tmp, items=p.items, info=json.dumps(info), **arrays), fsync=False)
