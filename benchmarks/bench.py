@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,17 +23,11 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 import torch
 from hydra.utils import instantiate
 
+from benchmarks import startup
+from benchmarks.render import render
 from benchmarks.common import (PEER, PEER_DDPM, PEER_NET, PEER_NET_PARAMETERS, ROOT, SMOKE, SMOKE_NET, PlainLoopBeside, compose_train, interleave,
                                machine_info, timed)
 
-# starts a command and reports its start time, wall seconds and peak RSS (KB) on stderr
-LAUNCHER = """import os, subprocess, sys, time
-start = time.time()
-p = subprocess.Popen(sys.argv[1:])
-_, status, usage = os.wait4(p.pid, 0)
-print(f"SYNTH_CHILD {start:.6f} {time.time() - start:.6f} {usage.ru_maxrss}", file=sys.stderr, flush=True)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
 SECTIONS = ("overhead", "sampling", "memory_format", "checkpointing", "data", "startup", "compile")
 # seconds a section needs on a quiet 2-core machine (compile: a cold inductor cache); a section that would
 # overrun the time budget is skipped and the table says so, so that `make bench` ends in time on a busy machine
@@ -260,63 +252,9 @@ class Bench:
         self.row("data", "new process's first epoch: disk cache hit vs decoding", f"{t_disk * 1000:.0f} ms", f"{t_write * 1000:.0f} ms (decode + write)",
                  f"{t_write / t_disk:.1f}x")
 
-    # ----- 5. start-up and memory ------------------------------------------------------------------------------
-    def _child(self, args: list[str]) -> tuple[float, float, str, float]:
-        """Run `python <args>` in the work dir; (start unix time, wall seconds, stderr, peak RSS MB of that child).
-        A small launcher process starts it: a child forked from this (large) process would inherit our peak RSS."""
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
-        err_file = self.workdir / f"child{self._n}.err"
-        self._n += 1
-        with open(err_file, "w") as err:
-            code = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, *args], cwd=self.workdir, stdout=subprocess.DEVNULL,
-                                  stderr=err, env=env).returncode
-        text = err_file.read_text()
-        found = re.search(r"SYNTH_CHILD ([0-9.]+) ([0-9.]+) ([0-9]+)", text)
-        if code != 0 or found is None:
-            raise RuntimeError(f"{' '.join(args[:2])} failed ({code}):\n{text[-2000:]}")
-        start, seconds, kb = float(found.group(1)), float(found.group(2)), int(found.group(3))
-        return start, seconds, text, kb / 1024  # Linux: ru_maxrss in KB
-
+    # ----- 5. start-up and memory: benchmarks/startup.py ------------------------------------------------------
     def startup(self) -> None:
-        train_py = str(ROOT / "train.py")
-        self.progress("start-up: `train.py --cfg job --resolve` (compose + validate) x3")
-        comp = [self._child([train_py, *self.case, "--cfg", "job", "--resolve"]) for _ in range(3)]
-        compose_s = statistics.median(c[1] for c in comp)
-        compose_rss = statistics.median(c[3] for c in comp)
-        self.row("start-up", "compose + validate a config (`train.py --cfg job --resolve`, new process)", f"{compose_s:.2f}s")
-        self.row("start-up", "peak memory: `import synth` + config composition (that process)", f"{compose_rss:.0f} MB",
-                 f"{PEER['import_rss_mb']:.0f} MB peer import", f"{PEER['import_rss_mb'] / compose_rss:.1f}x less", "≤ half", compose_rss <= PEER["import_rss_mb"] / 2)
-        reps = 1 if self.smoke else 2
-        self.progress(f"start-up: command -> first training step, `train.py` x{reps}")
-        firsts, rss = [], []
-        for _ in range(reps):
-            run_dir = self.run_dir()
-            start, _, text, peak = self._child([train_py, *self.case, "trainer.max_steps=3", "trainer.val_check_interval=100000",
-                                              "+callbacks.first_step._target_=benchmarks.common.FirstStepStamp", f"hydra.run.dir={run_dir}"])
-            stamp = re.search(r"SYNTH_FIRST_STEP ([0-9.]+)", text)
-            if stamp is None:
-                raise RuntimeError(f"train.py never reached a training step:\n{text[-2000:]}")
-            firsts.append(float(stamp.group(1)) - start)
-            rss.append(peak)
-        first = statistics.median(firsts)
-        peak = statistics.median(rss)
-        self.progress("memory: imports alone, and a training run with gradient checkpointing")
-        imports = self._child(["-c", "import synth.tasks, synth.models, synth.data, synth.callbacks"])[3]
-        _, _, _, peak_ckpt = self._child([train_py, *self.case, "trainer.max_steps=3", "trainer.val_check_interval=100000",
-                                          "model.gradient_checkpointing=true", f"hydra.run.dir={self.run_dir()}"])
-        self.row("start-up", "command → first training step (`python train.py`, peer case)", f"{first:.1f}s", f"{PEER['first_step_s']:.0f}s peer",
-                 f"{PEER['first_step_s'] / first:.1f}x", "≤ 7 s", first <= 7,
-                 "most of it is importing torch, Lightning and MONAI on a loaded 2-core machine; rerun on a quiet machine")
-        self.row("memory", "peak memory of a training run (3 steps, peak RSS)", f"{peak:.0f} MB", f"{PEER['import_rss_mb']:.0f} MB peer import only",
-                 f"{PEER['import_rss_mb'] / peak:.1f}x less", "≤ half", peak <= PEER["import_rss_mb"] / 2,
-                 f"the peer's 1.3 GB is its import alone; its training peak adds the same data and activations as ours. Ours: "
-                 f"imports (torch, Lightning, MONAI, synth) {imports:.0f} MB, the rest is the decoded data and the network's "
-                 f"activations at this batch, which are the same in any framework; gradient checkpointing lowers the peak to {peak_ckpt:.0f} MB")
-        self.row("memory", "peak memory: importing everything a training run needs", f"{imports:.0f} MB", f"{PEER['import_rss_mb']:.0f} MB peer import",
-                 f"{PEER['import_rss_mb'] / imports:.1f}x less", "≤ half", imports <= PEER["import_rss_mb"] / 2,
-                 "torch, Lightning and MONAI (MONAI imports all its subpackages) are most of it")
-        self.row("memory", "peak memory of a training run with model.gradient_checkpointing=true", f"{peak_ckpt:.0f} MB", f"{peak:.0f} MB without",
-                 f"{peak / peak_ckpt:.2f}x less")
+        startup.startup(self)
 
 
 def run(sections, smoke: bool, out: Path | None, budget: float = 540) -> Bench:
@@ -350,34 +288,6 @@ def run(sections, smoke: bool, out: Path | None, budget: float = 540) -> Bench:
         out.write_text(text)
         bench.progress(f"wrote {out}")
     return bench
-
-
-def render(bench: Bench) -> str:
-    lines = ["# BENCHMARKS", "",
-             "Generated by `make bench` (`python benchmarks/bench.py`); do not edit by hand. Every ratio is measured side by side in one "
-             "process run on the machine below" + (" (**--smoke: tiny sizes, not meaningful numbers**)" if bench.smoke else "") + ".", "",
-             "| machine | |", "|---|---|", *[f"| {k} | {v} |" for k, v in bench.info.items()],
-             f"| benchmark wall time | {bench.seconds:.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in bench.section_seconds.items())}) |", "",
-             "| section | measure | ours | baseline | ratio | target | met |", "|---|---|---|---|---|---|---|"]
-    for r in bench.rows:
-        lines.append(f"| {r['section']} | {r['measure']} | {r['ours']} | {r['baseline']} | {r['ratio']} | {r['target']} | {r['met']} |")
-    lines += ["", "## How it was measured", ""] + [f"- {n}" for n in bench.notes]
-    lines += [
-        "- Start-up: wall time from `Popen` to the `SYNTH_FIRST_STEP` stamp printed by a callback at the first training batch; "
-        "peak memory is the child's `ru_maxrss` (os.wait4). The peer's figures (5.3 img/s, 78 s/image, 14 s, 1.3 GB) come from "
-        "its own runs on a 2-core machine of this kind, not from this run.",
-        "- The machine is shared: with a load average above its 2 cores, absolute times grow several-fold (2-thread "
-        "kernels wait on each other) and single-image calls suffer most; ratios of interleaved runs hold better. "
-        "Rerun `make bench` on a quiet machine for absolute numbers.",
-        "- Sample quality parity between DDPM-1000 and the few-step samplers is a claim that needs the evaluation metrics of "
-        "issue #4; it is not measured here.",
-        "", "## Gaps", ""]
-    lines += bench.gaps or ["- none: every target above is met in this run."]
-    lines += ["", "## GPU", "",
-              "`benchmarks/gpu.py` (bf16 training images/s for 2D 128² and 3D 64³ DDPM and LDM, peak GPU memory with and without "
-              "gradient checkpointing, seconds per 3D sample with DDIM and RFlow) is tested on CPU with `--smoke` only: "
-              "**it has not run on a GPU yet.** Run it with `python benchmarks/gpu.py` on a GPU machine.", ""]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> None:

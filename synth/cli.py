@@ -53,6 +53,8 @@ def _constructor_message(err: BaseException) -> str | None:
         cause = cause.__cause__
     if not isinstance(cause, (ValueError, TypeError, AssertionError)):
         return None
+    # Hydra names the failing node only inside the message ("full_key: model.net"; no attribute holds it):
+    # tests/test_bad_input.py pins the one line this gives
     key = next((line.split("full_key:")[1].strip() for line in str(err).splitlines() if "full_key:" in line), "the config")
     detail = " ".join(str(cause).split())[:200] or type(cause).__name__
     return f"{key} cannot be built with these settings ({detail}): fix the {key} settings in your config or overrides"

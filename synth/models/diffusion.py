@@ -109,9 +109,10 @@ class DiffusionModule(GenerativeModule):
         self._ema_step = self.trainer.global_step  # resumed: the EMA already holds the restored step
         if self.compile_mode in ("train", "all"):
             self.net.compile()  # in place: parameters and state_dict keys unchanged
+            self._compiled[id(self.net)] = self.net  # already compiled: sampling uses it as is
 
     def _sampling_net(self, net):
-        if self.compile_mode not in ("sample", "all") or getattr(net, "_compiled_call_impl", None) is not None:
+        if self.compile_mode not in ("sample", "all"):
             return net
         if id(net) not in self._compiled:
             self._compiled[id(net)] = torch.compile(net)
