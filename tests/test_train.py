@@ -109,3 +109,22 @@ def test_test_split_and_samples_after_training(train_cfg):
     out = run / "samples" / "after_training"
     assert sorted(p.name for p in out.glob("sample_*.nii.gz")) == [f"sample_{i:05d}.nii.gz" for i in range(3)]
     assert (out / "grid.png").is_file() and json.loads((out / "samples.json").read_text())["n"] == 3
+
+
+@pytest.mark.parametrize("budget", [["trainer.max_steps=3"], ["trainer.max_steps=-1", "trainer.max_epochs=2"]])
+def test_a_short_run_is_complete(tmp_path, budget):
+    """Any run that takes a step ends with a validation, a sample grid, metrics in csv/metrics.csv and last.ckpt at
+    its final step, although the default val_check_interval (200) and log_every_n_steps are longer than the run."""
+    import csv
+
+    cfg = compose_train(tmp_path, ["model=ddpm", *TINY["ddpm"], *phantom(2, size=16, n=12), *budget,
+                                   "trainer.enable_progress_bar=false"])
+    assert cfg.trainer.val_check_interval > 3 and cfg.trainer.log_every_n_steps > 3  # the defaults this test is about
+    train(cfg)
+    run = tmp_path / "run"
+    rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
+    steps = load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert steps >= 3 and (steps == 3 or budget[1] == "trainer.max_epochs=2")
+    assert any(r.get("val/loss") not in (None, "") for r in rows), "no validation row"
+    assert any(r.get("train/loss") not in (None, "") for r in rows), "no training row"
+    assert [p.name for p in (run / "grids").glob("step_*.png")] == [f"step_{steps:06d}.png"]  # the final validation's grid
