@@ -190,3 +190,20 @@ def test_gan_monitor_is_the_rbf_mmd(train_cfg):
     fake = model.sample(len(real), generator=torch.Generator().manual_seed(1234))
     assert metrics["val/mmd_rbf"] == pytest.approx(mmd_rbf(fake, real).item(), rel=1e-4), "samples vs the validation set, seeded"
     assert "best-" in objs["trainer"].checkpoint_callback.best_model_path and "mmd_rbf" in objs["trainer"].checkpoint_callback.monitor
+
+
+def test_adversarial_losses_are_the_closed_forms():
+    """lsgan comes from MONAI's PatchAdversarialLoss; every loss equals its textbook formula on known scores."""
+    import torch.nn.functional as F
+
+    from synth.models.gan import d_loss_fn, g_loss_fn
+
+    real, fake = torch.tensor([[2.0], [-1.0], [0.5]]), torch.tensor([[-3.0], [0.2], [1.5]])
+    expect_d = {"bce": F.softplus(-real).mean() + F.softplus(fake).mean(),
+                "lsgan": 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake ** 2).mean(),
+                "hinge": F.relu(1 - real).mean() + F.relu(1 + fake).mean(),
+                "wgan": fake.mean() - real.mean()}
+    expect_g = {"bce": F.softplus(-fake).mean(), "lsgan": 0.5 * ((fake - 1) ** 2).mean(), "hinge": -fake.mean(), "wgan": -fake.mean()}
+    for kind in expect_d:
+        assert torch.allclose(d_loss_fn(kind, real, fake), expect_d[kind]), kind
+        assert torch.allclose(g_loss_fn(kind, fake), expect_g[kind]), kind

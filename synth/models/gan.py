@@ -19,12 +19,25 @@ from synth.models.collapse import CollapseWatch
 LOSSES = ("bce", "lsgan", "hinge", "wgan")
 
 
+def _lsgan() -> nn.Module:
+    from monai.losses import PatchAdversarialLoss
+
+    # no_activation_leastsq: Mao et al.'s LSGAN on the raw scores (MONAI's default squashes them with a sigmoid first,
+    # as the autoencoder's patch-adversarial term, from MONAI's tutorials, keeps doing)
+    return PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
+
+
+# MONAI's PatchAdversarialLoss is used where it is the same loss (least squares; tests/test_gan.py pins it). The others
+# stay written out: its "bce" is sigmoid + BCELoss (the log clamped at -100, so the gradient vanishes once the
+# discriminator saturates; softplus on the raw scores does not), its hinge generator loss is relu(1 - score) (it
+# stops pushing at score 1) instead of the usual -score (Lim & Ye 2017, Miyato et al. 2018), and it has no WGAN loss.
 def d_loss_fn(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Discriminator (critic) loss from its raw scores on real and fake images."""
     if kind == "bce":
         return F.softplus(-real).mean() + F.softplus(fake).mean()
     if kind == "lsgan":
-        return 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean())
+        adv = _lsgan()
+        return 0.5 * (adv(real, target_is_real=True, for_discriminator=True) + adv(fake, target_is_real=False, for_discriminator=True))
     if kind == "wgan":
         return fake.mean() - real.mean()  # minus the critic's Wasserstein-1 estimate
     return F.relu(1 - real).mean() + F.relu(1 + fake).mean()  # hinge
@@ -35,7 +48,7 @@ def g_loss_fn(kind: str, fake: torch.Tensor) -> torch.Tensor:
     if kind == "bce":
         return F.softplus(-fake).mean()  # non-saturating
     if kind == "lsgan":
-        return 0.5 * (fake - 1).pow(2).mean()
+        return 0.5 * _lsgan()(fake, target_is_real=True, for_discriminator=False)
     return -fake.mean()  # hinge, wgan
 
 
