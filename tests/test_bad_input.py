@@ -20,10 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 
-from synth.data.phantom import write_fake_brats
-from synth.cli import run_task
-from synth.tasks import generate, train
 import torch
+
+from synth.cli import run_task
+from synth.data.phantom import write_fake_brats
+from synth.errors import SynthError
+from synth.tasks import generate, train
 
 from tests.conftest import CONF, ROOT, TINY, compose_train, phantom, quick, run_script
 
@@ -440,3 +442,32 @@ def test_nan_samples_are_refused_and_nothing_is_kept(runs, tmp_path, capsys):
     line = one_line_error(capsys, generate, compose_generate(out, [f"run_dir={run}", "n=3", "batch_size=1"]))
     assert "produced NaN/inf values" in line and "no sample was kept" in line
     assert not list(out.glob("sample_*")), "no NaN image is left as a sample"
+
+
+def test_an_unreadable_file_says_permission_denied_not_corrupt(tmp_path, monkeypatch):
+    """A file the user may not read gets the permissions fix, a damaged one the replace fix. chmod 000 cannot stop
+    root (as CI runs), so when root the permission error comes from the OS call nibabel/PIL make."""
+    import builtins
+
+    from synth.data.readers import read_image
+
+    nii, png = tmp_path / "a.nii.gz", tmp_path / "b.png"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), nii)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    for path in (nii, png):
+        path.chmod(0)
+        if os.geteuid() == 0:
+            real_open = builtins.open
+
+            def denied(file, *args, _path=path, **kwargs):
+                if str(file) == str(_path):
+                    raise PermissionError(13, "Permission denied", str(file))
+                return real_open(file, *args, **kwargs)
+            monkeypatch.setattr(builtins, "open", denied)
+        with pytest.raises(SynthError, match=rf"cannot read .* {path}: permission denied; fix its permissions \(chmod u\+r"):
+            read_image(path)
+        monkeypatch.undo()
+        path.chmod(0o644)
+    nii.write_bytes(b"not a nifti at all")
+    with pytest.raises(SynthError, match="replace or remove the corrupt file"):
+        read_image(nii)

@@ -73,6 +73,21 @@ def why(err: Exception) -> str:
     return f"{type(err).__name__}: {text[:120]}{'...' if len(text) > 120 else ''}" if text else type(err).__name__
 
 
+def unreadable(what: str, path: Path, err: Exception) -> SynthError:
+    """The one-line error for a file that cannot be read, with the fix that fits the cause (decoders such as nibabel
+    turn a permission error into their own "could not read", so the file is probed again here)."""
+    if not isinstance(err, PermissionError):
+        try:
+            open(path, "rb").close()
+        except PermissionError as denied:
+            err = denied
+        except OSError:
+            pass
+    if isinstance(err, PermissionError):
+        return SynthError(f"cannot read {what} {path}: permission denied; fix its permissions (chmod u+r {path}) or move it out of the data")
+    return SynthError(f"cannot read {what} {path} ({why(err)}): replace or remove the corrupt file")
+
+
 def stem(path: Path) -> str:
     """File name without its image suffix (handles .nii.gz)."""
     name = path.name
@@ -96,7 +111,7 @@ def _load_nifti(path: Path):
     try:
         return nib.load(str(path))
     except Exception as e:  # nibabel raises many types for truncated/garbled files
-        raise SynthError(f"cannot read NIfTI {path} ({why(e)}): replace or remove the corrupt file") from e
+        raise unreadable("NIfTI", path, e) from e
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...], np.ndarray]:
@@ -109,7 +124,7 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], tuple[float, 
     except SynthError:
         raise
     except Exception as e:
-        raise SynthError(f"cannot read NIfTI {path} ({why(e)}): replace or remove the corrupt file") from e
+        raise unreadable("NIfTI", path, e) from e
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if data.ndim == 2:
         data = data[..., None]
@@ -151,7 +166,7 @@ def read_header(path: Path) -> Header:
             with Image.open(path) as im:
                 mode, (w, h) = im.mode, im.size
         except Exception as e:
-            raise SynthError(f"cannot read image {path} ({why(e)}): replace or remove the corrupt file") from e
+            raise unreadable("image", path, e) from e
         channels = 3 if mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else 1
         return Header(path, "image", (h, w), channels, mode, (1.0, 1.0), None, mode, 2 if channels == 1 else 3)
     raise SynthError(f"unsupported file type {path}: use .nii/.nii.gz/.png/.jpg/.tif files")
@@ -169,7 +184,7 @@ def read_pil(path: Path) -> np.ndarray:
                 im = im.convert("L")
             arr = np.asarray(im, dtype=np.float32)
     except Exception as e:
-        raise SynthError(f"cannot read image {path} ({why(e)}): replace or remove the corrupt file") from e
+        raise unreadable("image", path, e) from e
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(np.moveaxis(arr, -1, 0))
 
 
