@@ -14,8 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from synth.errors import SynthError
 from synth.evaluation.compare_table import markdown, notes, rank_by_interval, reference_groups
-
-ROW_KEYS = ("frd", "mmd_rbf", "mmd", "first_order_wasserstein", "first_order_ks", "diversity_gap", "ms_ssim_diversity", "sharpness_ratio")
+from synth.evaluation.scoring import CI_METRICS as ROW_KEYS  # the row metrics, named once (scoring.py)
 SUFFIX = {"synthetic": "", "real_vs_real": "_real_vs_real", "noise_vs_real": "_noise_vs_real"}
 COLUMNS = [
     "run", "family", "model", "data", "ref_set", "verdict", "frd", "frd_lo", "frd_hi", "frd_rank", "frd_real_vs_real", "frd_noise_vs_real",
