@@ -140,6 +140,7 @@ def _fit(cfg: DictConfig, run_dir: Path, datamodule, model, trainer, resume: str
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
         "train_seconds": round(train_seconds, 2),
+        "world_size": trainer.world_size,  # processes that trained (DDP ranks x nodes)
         "best_checkpoint": best,
         "metrics": metrics,
     }
