@@ -110,6 +110,7 @@ def test_unconditional_gan_refuses_a_condition(tmp_path):
         m.sample(2, condition=1)
 
 
+@pytest.mark.slow  # 400 adversarial steps per model: minutes each on 2 cores
 @pytest.mark.parametrize("model", ["dcgan", "wgan_gp"])
 def test_conditional_samples_follow_their_class(tmp_path, dark_and_bright, model):
     """The honest check: after brief training, samples drawn for `bright` are brighter than those for `dark`."""
