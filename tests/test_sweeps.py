@@ -237,3 +237,182 @@ def test_storage_choices_and_refusals(tmp_path):
         sweep_study.address("redis", tmp_path)
     with pytest.raises(SynthError, match="direction=minimize does not fit optimized_metric \\(2 metric"):
         make_sweeper(tmp_path, ["optimized_metric=[val/loss,val/mmd]"])
+
+
+# ----- real sweeps (train.py -m) ----------------------------------------------------------------------------
+def _sweep_dir(tmp_path: Path, name: str = "ddpm_phantom") -> Path:
+    return tmp_path / "outputs" / "sweeps" / name
+
+
+def _no_alembic(tmp_path: Path, *texts: str) -> None:
+    """No alembic (SQLAlchemy migration) line in the terminal output nor in any log the sweep wrote."""
+    logs = [p.read_text(errors="replace") for p in tmp_path.rglob("*.log") if p.is_file()]
+    assert not any("alembic" in text.lower() for text in [*texts, *logs])
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_repeating_a_trial(tmp_path):
+    sweep_dir = _sweep_dir(tmp_path)
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *SWEEP]
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        if (sweep_dir / "optuna.db").is_file() and any(t.state == TrialState.COMPLETE for t in _study(sweep_dir)):
+            break
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # kill the sweep right after its first trial finished
+    first.wait()
+    before = _study(sweep_dir)
+    assert _states(before) in (["COMPLETE"], ["COMPLETE", "RUNNING"]), _states(before)
+    first_run = next(sweep_dir.glob("0_*"))
+    stamp = (first_run / "run.json").stat().st_mtime_ns
+
+    res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "study ddpm_phantom: 1 of 3 trials finished" in res.stdout + res.stderr
+    after = _study(sweep_dir)
+    complete = [t for t in after if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and len(after) == len(before) + 2  # n_trials counts finished trials; only the missing ones ran
+    assert all(t.user_attrs.get("interrupted") for t in after if t.state == TrialState.FAIL)  # the killed one, if it had started
+    sets = param_sets(after)
+    assert len(set(sets)) == len(sets), sets  # the seeded sampler went on from the study: no trial repeats another
+    assert (first_run / "run.json").stat().st_mtime_ns == stamp  # the first trial was not redone
+    assert "model:" in (sweep_dir / "best_config.yaml").read_text()
+    assert (sweep_dir / "trials.csv").read_text().count("\n") == len(after) + 1
+    best = OmegaConf.load(sweep_dir / "best.yaml")
+    assert best.value == pytest.approx(min(t.value for t in complete)) and Path(best.run_dir).name.startswith(f"{best.trial}_")
+    _no_alembic(tmp_path, res.stdout, res.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate, ok", [(0.5, True), (0.0, False)])
+def test_failed_trials_are_recorded_and_end_the_sweep_only_past_max_failure_rate(tmp_path, rate, ok):
+    # grid over two group-norm sizes: 8 trains, 3 does not divide the channels and the run is refused
+    args = [*[a for a in SWEEP if "norm_num_groups" not in a], "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.max_failure_rate={rate}", "hydra.sweeper.params=null", "model.net.norm_num_groups=choice(8,3)"]
+    res = run_script("train.py", ["-m", *args], cwd=tmp_path)
+    trials = _study(_sweep_dir(tmp_path))
+    if ok:
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert _states(trials) == ["COMPLETE", "FAIL"]
+        failed = next(t for t in trials if t.state == TrialState.FAIL)
+        assert "norm_num_groups=3 does not divide" in failed.user_attrs["error"]
+        assert (_sweep_dir(tmp_path) / "best_config.yaml").is_file()
+    else:
+        assert res.returncode == 2, res.stderr[-3000:]
+        line = res.stderr.strip().splitlines()[-1]
+        assert line.startswith("synth: error: sweep stopped: 1 trials failed, more than max_failure_rate allows"), line
+        assert "FAIL" in _states(trials)
+
+
+@pytest.mark.slow
+def test_hopeless_trial_is_pruned_and_keeps_its_run(tmp_path):
+    # the grid runs lr=1e-4 first (seed 1 keeps the listed order), then lr=0.3, whose loss is worse at the first
+    # validation: the median pruner (one finished trial is enough here) stops it there
+    args = [*[a for a in SWEEP if "max_steps" not in a], "trainer.max_steps=9", "hydra/sweeper/sampler=grid", "hydra.sweeper.seed=1",
+            "hydra.sweeper.params=null", "model.optimizer.lr=choice(1e-4,0.3)", "hydra.sweeper.pruner.n_startup_trials=1"]
+    res = run_script("train.py", ["-m", *args], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    good, bad = _study(_sweep_dir(tmp_path))
+    assert good.params == {"model.optimizer.lr": 1e-4} and good.state == TrialState.COMPLETE
+    assert sorted(good.intermediate_values) == [3, 6, 9]  # reported at every validation
+    assert bad.params == {"model.optimizer.lr": 0.3} and bad.state == TrialState.PRUNED, bad.state
+    assert sorted(bad.intermediate_values) == [3] and bad.user_attrs["pruned_at_step"] == 3
+    assert bad.intermediate_values[3] > good.intermediate_values[3] and bad.value == bad.intermediate_values[3]
+    run = Path(bad.user_attrs["run_dir"])
+    assert json.loads((run / "run.json").read_text())["global_step"] == 3 and (run / "checkpoints" / "last.ckpt").is_file()
+    assert "sweep trial 1 pruned at step 3" in (run / "train.log").read_text()
+    assert "trial 1 pruned at step 3" in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_journal_study(tmp_path):
+    args = [*SWEEP, "hydra.sweeper.storage=journal", "hydra.sweeper.n_trials=3"]
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *args]
+    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    outs = [w.communicate(timeout=900)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    sweep_dir = _sweep_dir(tmp_path)
+    addr = next(line.split("storage: ")[1].split()[0] for line in outs[0].splitlines() if "storage: " in line)
+    assert addr == str((sweep_dir / "optuna.journal").resolve())
+    trials = optuna.load_study(study_name="ddpm_phantom", storage=sweep_study.open_storage(addr)).trials  # what the sweep printed
+    assert [t.number for t in trials] == [0, 1, 2] and _states(trials) == ["COMPLETE"] * 3
+    assert len(set(param_sets(trials))) == 3
+    assert len({t.system_attrs[sweep_study.WORKER] for t in trials}) == 2  # both workers ran trials of the one study
+    assert sorted(p.name.split("_")[0] for p in sweep_dir.glob("*_ddpm_phantom")) == ["0", "1", "2"]
+    _no_alembic(tmp_path, *outs)
+
+
+@pytest.mark.slow
+def test_pareto_sweep_writes_the_front(tmp_path):
+    args = [*SWEEP, "sweep=ddpm_pareto", "evaluate_n=12", "model.sampling_steps=choice(2,5,10)", "model.net.num_res_blocks=1"]
+    res = run_script("train.py", ["-m", *args], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sweep_dir = _sweep_dir(tmp_path, "ddpm_pareto_phantom")
+    trials = [t for t in _study(sweep_dir, "ddpm_pareto_phantom") if t.state == TrialState.COMPLETE]
+    assert len(trials) == 3 and all(len(t.values) == 2 and t.values[0] > 0 and t.values[1] > 0 for t in trials)
+
+    def dominated(t) -> bool:
+        return any(all(a <= b for a, b in zip(o.values, t.values)) and o.values != t.values for o in trials)
+
+    front = sorted(t.number for t in trials if not dominated(t))
+    import pandas as pd
+
+    table = pd.read_csv(sweep_dir / "pareto.csv")
+    assert sorted(table["trial"]) == front and list(table.columns[:3]) == ["trial", "eval/frd", "eval/seconds_per_sample"]
+    best = OmegaConf.load(sweep_dir / "best.yaml")
+    assert sorted(e.trial for e in best.pareto_front) == front and list(best.objectives) == ["eval/frd", "eval/seconds_per_sample"]
+    assert (sweep_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"eval/frd", "eval/seconds_per_sample"} <= set(pd.read_csv(sweep_dir / "trials.csv").columns)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["vae", "dcgan"])
+def test_shipped_search_spaces_run(tmp_path, model):
+    args = [f"model={model}", *TINY[model], *phantom(2, size=16, n=12), "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false", "callbacks.sample_grid.n=0", f"sweep={model}", *QUICK, "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "hydra.sweeper.n_trials=1"]
+    res = run_script("train.py", ["-m", *args], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (trial,) = _study(_sweep_dir(tmp_path, f"{model}_phantom"), f"{model}_phantom")
+    assert trial.state == TrialState.COMPLETE and trial.value >= 0 and "model.optimizer.lr" in trial.params
+    assert (_sweep_dir(tmp_path, f"{model}_phantom") / "best_config.yaml").is_file()
+
+
+def _submitit_tasks(pid: int) -> list[int]:
+    from tests.test_scale import _descendants
+
+    return [p for p in _descendants(pid) if b"submitit" in Path(f"/proc/{p}/cmdline").read_bytes()
+            and b"_submit" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+@pytest.mark.slow
+def test_submitit_sweep_runs_trials_in_parallel_and_a_preempted_trial_resumes(tmp_path):
+    """hydra/launcher=submitit_local stands in for SLURM: two trials in flight (n_jobs=2, one journal study); one job
+    gets SLURM's preemption signal, submitit requeues it with the same overrides (same run dir, same sweep_trial),
+    it resumes from its last.ckpt and its trial completes."""
+    args = [*[a for a in SWEEP if "max_steps" not in a and "val_check" not in a], "trainer.max_steps=20", "trainer.val_check_interval=5",
+            "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2", "hydra.sweeper.storage=journal",
+            "hydra/sweeper/pruner=none"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep_dir = _sweep_dir(tmp_path)
+    deadline, lasts = time.time() + 400, []
+    while time.time() < deadline and proc.poll() is None and len(lasts) < 2:
+        lasts = list(sweep_dir.glob("*_ddpm_phantom/checkpoints/last.ckpt"))
+        time.sleep(0.2)
+    tasks = _submitit_tasks(proc.pid)
+    assert len(lasts) == 2 and len(tasks) == 2, (lasts, tasks)  # both trials training at once
+    os.kill(tasks[-1], signal.SIGUSR2)  # what SLURM sends before preempting or timing out a job
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    trials = _study(sweep_dir, storage="journal")
+    assert _states(trials) == ["COMPLETE", "COMPLETE"]
+    assert sorted(p.name for p in sweep_dir.glob("*_ddpm_phantom")) == ["0_ddpm_phantom", "1_ddpm_phantom"]  # no third dir
+    logs = [p.read_text() for p in sweep_dir.glob(".submitit/*/*.out")]
+    assert sum("this job is preempted" in log and "requeued job: resuming from" in log for log in logs) == 1, logs
+    for t in trials:
+        assert json.loads((Path(t.user_attrs["run_dir"]) / "run.json").read_text())["global_step"] == 20
+        assert sorted(t.intermediate_values) == [5, 10, 15, 20]  # the resumed job went on reporting to its own trial
