@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q numpy setuptools wheel
-	# built against the torch/numpy just installed (see pyproject.toml for why)
-	$(PY) -m pip install -q --no-build-isolation pyradiomics==3.0.1 $(DEEPSPEED)
+	# pyradiomics and pyradiomics-bhklab (pyproject.toml) both write the `radiomics` package: a venv made before
+	# the switch drops pyradiomics first
+	if $(PY) -m pip show -q pyradiomics 2>/dev/null; then $(PY) -m pip uninstall -q -y pyradiomics; fi
 	$(PY) -m pip install -q -e ".[dev]"
+	# DeepSpeed is built against the torch just installed (see pyproject.toml for why)
+	$(if $(DEEPSPEED),$(PY) -m pip install -q setuptools wheel && $(PY) -m pip install -q --no-build-isolation $(DEEPSPEED))
 	touch $@
 
 demo: install  ## train the default model (DDPM, 2D MNI152 slices, CPU) and write 16 samples

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 import torch
 from hydra.utils import instantiate
 
-from benchmarks.common import (PEER, PEER_DDPM, PEER_NET_PARAMETERS, ROOT, SMOKE, PlainLoopBeside, compose_train, interleave,
+from benchmarks.common import (PEER, PEER_DDPM, PEER_NET, PEER_NET_PARAMETERS, ROOT, SMOKE, SMOKE_NET, PlainLoopBeside, compose_train, interleave,
                                machine_info, timed)
 
 # starts a command and reports its start time, wall seconds and peak RSS (KB) on stderr
@@ -112,7 +112,7 @@ class Bench:
     # ----- 2. sampling --------------------------------------------------------------------------------------
     def sampling(self) -> None:
         self.progress("sampling: building DDPM (peer net), RFlow (same net), VAE and GAN")
-        net_only = [o for o in self.case if o.startswith(("model.net.", "data", "trainer="))]
+        net_only = [*(SMOKE_NET if self.smoke else PEER_NET), *[o for o in self.case if o.startswith(("data", "trainer="))]]
         ddpm = self.model([])
         rflow = self.model(["model=rflow", *net_only], base=[])
         dev, B = self.device, self.batch
@@ -156,8 +156,7 @@ class Bench:
         for family, extra in (("vae", ["model=vae"]), ("dcgan", ["model=dcgan"])):
             data = [o for o in self.case if o.startswith(("data", "trainer="))]
             if self.smoke:
-                extra = extra + (["model.net.channels=[8,16]", "model.net.attention_levels=[false,false]", "model.net.norm_num_groups=8"]
-                                 if family == "vae" else ["model.channels=[32,16]", "model.latent_dim=16"])
+                extra = extra + [f"experiment=tiny_{'vae' if family == 'vae' else 'gan'}"]
             m = self.model([*extra, *data], base=[])
             sample(m, 2)()
             t = interleave({"s": sample(m, B)}, 3, dev)["s"] / B

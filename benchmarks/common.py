@@ -19,40 +19,17 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 
-# The peer's exact DDPM: MONAI DiffusionModelUNet(channels=(32,64,64,64), attention_levels=(F,F,T,T),
-# num_res_blocks=2, num_head_channels=8) = 2,328,449 parameters in 2D; 1 channel 64x64, batch 8, linear betas
-# 1e-4..2e-2, 1000 steps, epsilon prediction, Adam lr 1e-4, no EMA.
-PEER_DDPM = [
-    "model=ddpm",
-    "model.net.channels=[32,64,64,64]",
-    "model.net.attention_levels=[false,false,true,true]",
-    "model.net.num_res_blocks=2",
-    "model.net.num_head_channels=8",
-    "model.net.norm_num_groups=32",            # MONAI's default, as the peer uses it
-    "model.scheduler.schedule=linear_beta",
-    "model.scheduler.beta_start=1e-4",
-    "model.scheduler.beta_end=2e-2",
-    "model.scheduler.num_train_timesteps=1000",
-    "model.scheduler.prediction_type=epsilon",
-    "model.optimizer._target_=torch.optim.Adam",
-    "model.optimizer.lr=1e-4",
-    "model.ema_decay=0",
-    "data=mni152",
-    "data.batch_size=8",
-    "data.image_size=[64,64]",
-]
+# The peer's exact DDPM (conf/experiment/peer_ddpm.yaml): 2,328,449 parameters in 2D; 1-channel 64x64 MNI152
+# slices at batch 8, as the peer trains it.
+PEER_DDPM = ["experiment=peer_ddpm", "data=mni152", "data.batch_size=8", "data.image_size=[64,64]"]
+PEER_NET = ["experiment=peer_unet"]  # its network alone, for other diffusion models on the same net
 PEER_NET_PARAMETERS = 2_328_449
 # the peer's own figures, measured on a 2-core machine of this kind (issue #7): for reference only
 PEER = {"train_img_s": 5.3, "plain_img_s": 6.3, "ddpm1000_s_per_image": 78.0, "first_step_s": 14.0, "import_rss_mb": 1300.0}
 
-# A tiny flavour of the same stack for --smoke runs (the tests): phantom 16x16, 2-level UNet.
-SMOKE = [
-    "model=ddpm", "model.net.channels=[8,16]", "model.net.attention_levels=[false,true]", "model.net.num_res_blocks=1",
-    "model.net.num_head_channels=8", "model.net.norm_num_groups=8", "model.scheduler.schedule=linear_beta",
-    "model.scheduler.beta_start=1e-4", "model.scheduler.beta_end=2e-2", "model.scheduler.prediction_type=epsilon",
-    "model.optimizer._target_=torch.optim.Adam", "model.optimizer.lr=1e-4", "model.ema_decay=0",
-    "data=phantom", "data.image_size=[16,16]", "data.source.n_subjects=24", "data.batch_size=4",
-]
+# The same recipe on the tiny UNet and 16x16 phantoms for --smoke runs (the tests): conf/experiment/peer_smoke.yaml.
+SMOKE = ["experiment=peer_smoke", "data=phantom", "data.image_size=[16,16]", "data.source.n_subjects=24", "data.batch_size=4"]
+SMOKE_NET = ["experiment=tiny_unet"]
 
 
 def compose_train(overrides: list[str], run_dir: Path):

@@ -24,8 +24,8 @@ from benchmarks.common import StepTimer, compose_train, machine_info, timed
 
 # (name, spatial dims, size, batch) at full size; --smoke shrinks them
 CASES = [(2, 128, 16), (3, 64, 2)]
-TINY_NET = ["model.net.channels=[8,16]", "model.net.attention_levels=[false,true]", "model.net.norm_num_groups=8", "model.net.num_head_channels=8"]
-TINY_VAE = ["model.net.channels=[8,16]", "model.net.attention_levels=[false,false]", "model.net.norm_num_groups=8", "model.net.latent_channels=2"]
+TINY_NET = ["experiment=tiny_unet"]  # the flavours of conf/experiment/
+TINY_VAE = ["experiment=tiny_vae"]
 
 
 class GPUBench:
@@ -79,8 +79,7 @@ class GPUBench:
                 self.record(f"{name} DDPM training + gradient checkpointing", timer_ck, batch)
             self.progress(f"{name}: VAE for one step (the LDM's autoencoder), then LDM training")
             _, _, vae_dir = self.train([*base, "model=vae", *(TINY_VAE if self.smoke else [])], 1)
-            ldm_net = ["model.net.channels=[8,16]", "model.net.attention_levels=[false,true]", "model.net.norm_num_groups=8",
-                       "model.net.num_head_channels=8"] if self.smoke else []
+            ldm_net = TINY_NET if self.smoke else []
             objects, timer, _ = self.train([*base, "model=ldm", f"model.autoencoder_run={vae_dir}", *ldm_net], 3 + self.steps)
             self.record(f"{name} LDM training (VAE encode + latent UNet), {precision}, batch {batch}", timer, batch)
             if dims == 3:

@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=ddpm", "model.net.channels=[16,32]", "model.net.attention_levels=[false,true]", "model.net.norm_num_groups=8",
-        "model.net.num_head_channels=8", "model.scheduler.num_train_timesteps=100", "model.sampling_steps=5",
-        "data=phantom", "data.image_size=[32,32]", "data.source.n_subjects=32", "data.batch_size=8",
+TINY = ["model=ddpm", "experiment=tiny_ddpm", "data=phantom", "data.image_size=[32,32]", "data.source.n_subjects=32", "data.batch_size=8",
         "trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.enable_progress_bar=false", "callbacks.sample_grid.n=4"]
 
 

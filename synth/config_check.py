@@ -295,3 +295,6 @@ def _check_request(cfg: DictConfig) -> None:
     guidance = _get(cfg, "guidance")
     if guidance is not None and not (_is_num(guidance) and math.isfinite(guidance)):
         raise SynthError(f"guidance={guidance} must be a number (1: no guidance), e.g. guidance=3")
+    eta = _get(cfg, "eta")
+    if eta is not None and not (_is_num(eta) and 0 <= eta <= 1):
+        raise SynthError(f"eta={eta} must be a number in 0 (deterministic DDIM) .. 1 (ancestral), e.g. eta=0")

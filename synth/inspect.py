@@ -48,7 +48,6 @@ def _stats(array: np.ndarray) -> dict:
 
 def survey(dm, max_files: int = 100) -> str:
     """The report for a (not set up) SynthDataModule."""
-    from synth.data import geometry
     from synth.data.intensity import looks_like_ct
     from synth.data.readers import read_header
     from synth.data.splits import split_subjects
@@ -142,8 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from synth import _die
-    from synth.config_check import check_cli
+    from synth.cli import die, user_error
 
     args = list(sys.argv[1:] if argv is None else argv)
     max_files = 100
@@ -152,24 +150,18 @@ def main(argv: list[str] | None = None) -> None:
         try:
             max_files = int(args[i + 1])
         except (IndexError, ValueError):
-            _die("--max-files needs a number, e.g. --max-files 20")
+            die("--max-files needs a number, e.g. --max-files 20")
         del args[i:i + 2]
-    check_cli("train", args)  # a misspelled key or option: one line
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=args)
     try:
-        dm = instantiate(cfg.data)
-        print(survey(dm, max_files))
-    except SynthError as err:
-        _die(str(err))
-    except Exception as err:  # Hydra wraps a constructor's SynthError
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, SynthError):
-            cause = cause.__cause__
-        if cause is None:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=args)
+        print(survey(instantiate(cfg.data), max_files))
+    except Exception as err:  # noqa: BLE001  (a user's mistake is one line; anything else a traceback)
+        message = user_error(err)
+        if message is None:
             raise
-        _die(str(cause))
+        die(message)
 
 
 if __name__ == "__main__":

@@ -204,8 +204,6 @@ def find_checkpoint(run_dir: str | Path, which: str = "last") -> Path:
 
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     """Tensors and plain data only (weights_only): a checkpoint cannot run code on load. `mmap` reads lazily."""
-    import pickle
-
     import torch
 
     path = Path(path)
@@ -213,11 +211,14 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except PermissionError:
         raise SynthError(f"cannot read checkpoint {path}: permission denied; fix its permissions (chmod u+r)") from None
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():  # torch's message when the file holds code
-            raise SynthError(f"checkpoint {path} holds pickled Python objects, which synth never loads (they could run code): use a checkpoint written by train.py") from None
-        raise SynthError(f"cannot read checkpoint {path} (UnpicklingError): it is corrupt or not a synth checkpoint; use another (ckpt=best)") from None
-    except Exception as err:  # noqa: BLE001  (torch raises many types for truncated files)
+    except Exception as err:  # noqa: BLE001  (torch raises many types for truncated or foreign files)
+        try:  # a file that would run code on load, told apart by what it asks to import (public torch API)
+            code = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001  (not even a torch.save file)
+            code = []
+        if code:
+            raise SynthError(f"checkpoint {path} holds pickled Python objects ({', '.join(code[:3])}), which synth never loads "
+                             "(they could run code): use a checkpoint written by train.py") from None
         raise SynthError(f"cannot read checkpoint {path} ({type(err).__name__}): it is corrupt or not a synth checkpoint; use another (ckpt=best)") from None
     if not isinstance(state, dict) or "synth" not in state or "state_dict" not in state:
         raise SynthError(f"{path} is not a synth checkpoint (no synth metadata): pass a checkpoint written by train.py")

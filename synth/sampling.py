@@ -1,5 +1,6 @@
 """Turning a trained module into files: batched sampling with a progress bar, one NIfTI (or PNG for RGB
-data) per sample with the data's geometry, a grid PNG, and samples.json with the cost of generation."""
+data) per sample with the data's geometry, a grid PNG, and samples.json with the cost of generation and the sampler
+actually used, defaults resolved (name, steps, eta, guidance, ema, seed; null for families without a sampler)."""
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def write_samples(
     seed: int = 0,
     condition: Any = None,
     grid: bool = True,
-    **sampler: Any,               # sampler/steps for diffusion; ignored by other families
+    **sampler: Any,               # sampler/steps/guidance/eta for diffusion; ignored by other families
 ) -> dict:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.glob("sample_*")):
@@ -43,6 +44,7 @@ def write_samples(
     if isinstance(condition, (list, tuple)) and len(condition) != n:
         raise SynthError(f"condition lists {len(condition)} labels for n={n} samples: give one label, or exactly n")
     model.check_sampling(condition, **sampler)
+    settings = model.sampling_settings(**sampler)  # what the request resolves to: recorded below
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = model.data_meta or {}
     affine = affine_from_meta(meta, model.spatial_dims)
@@ -54,12 +56,19 @@ def write_samples(
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with tqdm(total=n, desc="generating", unit="img") as bar:
+    steps = (settings or {}).get("steps") or 1
+    with tqdm(total=n, desc="generating", unit="img", disable=None) as bar:
         for b, first in enumerate(range(0, n, batch_size)):
             m = min(batch_size, n - first)
             g = torch.Generator(device=device).manual_seed(seed + b)
             cond = condition[first:first + m] if isinstance(condition, (list, tuple)) else condition
-            images = model.sample(m, condition=cond, generator=g, progress=False, **sampler).float().cpu().numpy()
+            images = model.sample(m, condition=cond, generator=g, progress=steps > 1, **sampler).float()
+            if not torch.isfinite(images).all():  # never NaN/inf images as samples: the partial set is removed too
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise SynthError(f"the {model.name} model produced NaN/inf values (batch {b}): its weights or this sampler setting are "
+                                 "broken, so no sample was kept; use another checkpoint (ckpt=best) or another sampler / steps")
+            images = images.cpu().numpy()
             for i, img in enumerate(images):
                 name = f"sample_{first + i:05d}"
                 written.append(save_png(img, out_dir / f"{name}.png") if as_png else write_sample_nifti(img, out_dir / f"{name}.nii.gz", affine, meta))
@@ -75,7 +84,7 @@ def write_samples(
         "device": str(device),
         "seconds": round(seconds, 3),
         "seconds_per_sample": round(seconds / n, 4),
-        "sampler": sampler,
+        "sampler": None if settings is None else {**settings, "seed": seed},  # batch b draws with seed + b
         "seed": seed,
         "condition": condition,
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,

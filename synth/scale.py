@@ -28,7 +28,7 @@ def strategy(cfg: DictConfig, model) -> Any:
     if sharded and not model.automatic_optimization:
         raise SynthError(
             f"model={cfg.model.name} steps two optimizers by hand (adversarial training), which strategy={choice} does not "
-            "support: use strategy=ddp_find_unused (or trainer=ddp trainer.strategy=ddp_find_unused_parameters_true)"
+            "support: use strategy=ddp_find_unused"
         )
     if "DeepSpeed" in target:
         import importlib.util

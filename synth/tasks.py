@@ -165,13 +165,15 @@ def _evaluate_after(cfg: DictConfig, trainer, run_dir: Path) -> dict:
     if not trainer.is_global_zero:
         return {}
     from synth.evaluation import evaluate_run, flat_metrics
+    from synth.evaluation.run import summary_line
     from synth.tracking import log_evaluation
 
     out_dir = run_dir / "eval" / "after_training"
     result = evaluate_run(run_dir, n=cfg.get("evaluate_n"), out_dir=out_dir, seed=int(cfg.seed))
-    log_evaluation(trainer.loggers, result, trainer.global_step, out_dir)
-    log.info(f"evaluation: {out_dir / 'report.md'}")
-    return flat_metrics(result)
+    flat = flat_metrics(result)
+    log_evaluation(trainer.loggers, flat, trainer.global_step, out_dir)
+    log.info(f"evaluation: {summary_line(result)}; report: {out_dir / 'report.md'}")
+    return flat
 
 
 # ----- generate -------------------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def generate(cfg: DictConfig) -> dict:
     condition = OmegaConf.to_container(cfg.condition) if OmegaConf.is_config(cfg.condition) else cfg.condition
     info = write_samples(
         model, out_dir, n=int(cfg.n), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
-        condition=condition, grid=bool(cfg.grid), sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
+        condition=condition, grid=bool(cfg.grid), sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance, eta=cfg.get("eta"),
     )
     log.info(f"{info['n']} samples ({info['seconds_per_sample']:.3f} s/sample on {info['device']}) in {out_dir}")
     return info

@@ -21,12 +21,9 @@ def _kind(logger: Any) -> str:
 
 
 @rank_zero_only
-def log_evaluation(loggers: Iterable[Any], metrics: dict, step: int, eval_dir: Path | None = None) -> None:
-    """Evaluation results (evaluate.py's metrics.json content) to each logger: scalars everywhere, figures and
-    the report to W&B and TensorBoard."""
-    from synth.evaluation import flat_metrics
-
-    flat = flat_metrics(metrics)
+def log_evaluation(loggers: Iterable[Any], flat: dict[str, float], step: int, eval_dir: Path | None = None) -> None:
+    """Evaluation results (metrics.json as flat `eval/...` scalars, synth.evaluation.flat_metrics) to each logger:
+    scalars everywhere, figures and the report to W&B and TensorBoard."""
     figures = sorted(Path(eval_dir).glob("*.png")) if eval_dir else []
     report = Path(eval_dir) / "report.md" if eval_dir else None
     for logger in loggers:

@@ -18,20 +18,14 @@ import synth  # noqa: F401  (resolvers)
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 
-# Tiny flavour of each model: same code path, a fraction of the compute (what CI trains).
+# Tiny flavour of each model: same code path, a fraction of the compute (what CI trains). The flavours are defined
+# once, in conf/experiment/tiny_*.yaml, which the benchmarks' smoke runs compose too.
 TINY = {
-    "ddpm": [
-        "model.net.channels=[8,16]", "model.net.attention_levels=[false,true]", "model.net.norm_num_groups=8",
-        "model.net.num_head_channels=8", "model.scheduler.num_train_timesteps=100", "model.sampling_steps=5",
-    ],
-    "vae": ["model.net.channels=[8,16]", "model.net.attention_levels=[false,false]", "model.net.norm_num_groups=8",
-            "model.net.latent_channels=2", "model.discriminator.channels=8", "model.discriminator.num_layers_d=2"],
-    "dcgan": ["model.channels=[32,16]", "model.latent_dim=16", "model.discriminator.channels=[8,16]",
-              "model.discriminator.strides=[2,2]"],
+    "ddpm": ["experiment=tiny_ddpm"], "ldm": ["experiment=tiny_ddpm"], "rflow": ["experiment=tiny_rflow"],
+    "vae": ["experiment=tiny_vae"], "ae": ["experiment=tiny_vae"],
+    "dcgan": ["experiment=tiny_gan"], "wgan_gp": ["experiment=tiny_gan"],
+    "vqvae": ["experiment=tiny_vqvae"],
 }
-TINY["ae"] = TINY["vae"]
-TINY["wgan_gp"] = TINY["dcgan"]
-TINY["rflow"] = [t for t in TINY["ddpm"] if "num_train_timesteps" not in t]
 MODELS = ["ae", "vae", "dcgan", "wgan_gp", "ddpm", "rflow"]
 
 
@@ -77,10 +71,6 @@ def run_script(script: str, args: list[str], cwd: Path, timeout: int = 600, env:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
-TINY["vqvae"] = ["model.net.channels=[8,16]", "model.net.num_res_channels=[8,16]", "model.net.num_embeddings=16",
-                 "model.net.embedding_dim=2"]
-TINY["ldm"] = ["model.net.channels=[8,16]", "model.net.attention_levels=[false,true]", "model.net.norm_num_groups=8",
-               "model.net.num_head_channels=8", "model.scheduler.num_train_timesteps=100", "model.sampling_steps=5"]
 
 
 @pytest.fixture(scope="session")

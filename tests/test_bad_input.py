@@ -412,3 +412,29 @@ def test_checkpoint_write_on_a_full_disk_is_one_line(tmp_path):
     assert "while writing" in line and "last.ckpt" in line and "free space" in line
     ckpts = list(tmp_path.glob("outputs/train/*/checkpoints/*"))
     assert not any(p.name.endswith(".partial") for p in ckpts) and not any(p.name == "last.ckpt" for p in ckpts)
+
+
+@pytest.mark.parametrize("model,args,expect", [
+    ("vae", ["sampler=ddim"], "sampler=ddim: a vae model (autoencoder) draws each sample in one pass and takes no sampler settings"),
+    ("vae", ["steps=5"], "steps=5: a vae model (autoencoder) draws each sample in one pass"),
+    ("ddpm", ["guidance=2"], "guidance=2 steers a conditional model toward its class: this ddpm model is unconditional"),
+])
+def test_sampler_settings_a_model_does_not_take_are_refused(runs, tmp_path, capsys, model, args, expect):
+    line = one_line_error(capsys, generate, compose_generate(tmp_path / "out", [f"run_dir={runs[model]}", "n=2", *args]))
+    assert expect in line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("sample_*"))
+
+
+def test_nan_samples_are_refused_and_nothing_is_kept(runs, tmp_path, capsys):
+    run = tmp_path / "nan_run"
+    shutil.copytree(runs["ddpm"], run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for key, value in state["state_dict"].items():
+        if key.startswith("ema.") and value.is_floating_point():
+            value.fill_(float("nan"))
+    torch.save(state, ckpt)
+    out = tmp_path / "out"
+    line = one_line_error(capsys, generate, compose_generate(out, [f"run_dir={run}", "n=3", "batch_size=1"]))
+    assert "produced NaN/inf values" in line and "no sample was kept" in line
+    assert not list(out.glob("sample_*")), "no NaN image is left as a sample"

@@ -18,7 +18,8 @@ from PIL import Image
 
 from synth.data import SynthDataModule, make_phantom, write_fake_brats
 from synth.data.phantom import CSF, GREY, LESION, WHITE
-from synth.data.sources import MNI152, BraTS, Phantom
+from synth.data.sources import MNI152, Phantom
+from synth.data.user_sources import BraTS
 from synth.errors import SynthError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"

@@ -75,6 +75,8 @@ def test_files_layout_and_report(evaluated, trained):
     assert cost["parameters"] > 1000 and cost["train_seconds"] > 0 and cost["peak_memory_mb"] > 0
     recon = on_disk["reconstruction"]
     assert recon["noise_reference"]["ssim"] < recon["ssim"] <= 1 and recon["mae"] < recon["noise_reference"]["mae"]
+    assert recon["split"] == "test" and recon["n"] == 12 and recon["ci"]["ssim"][0] <= recon["ssim"] <= recon["ci"]["ssim"][1]
+    assert on_disk["reference"]["split"] == "test" and on_disk["verdict"]["label"] in report and "## Verdict:" in report
     feats = on_disk["features"]["synthetic"]
     assert {"Mean", "Entropy", "Skewness"} <= set(feats) and all(0 <= v["ks"] <= 1 for v in feats.values())
     flat = flat_metrics(on_disk)
@@ -100,6 +102,8 @@ def test_memorization_audit_flags_verbatim_copies(tmp_path):
     mem = m["memorization"]
     assert mem["synthetic"]["fraction_above"] == 1.0 and mem["synthetic"]["mean"] > 0.999
     assert mem["noise"]["fraction_above"] == 0.0 and mem["real_held_out"]["fraction_above"] < 0.5
+    assert mem["calibration"]["split"] == "val" and mem["calibration"]["n"] == 12 and mem["threshold"] < 1
+    assert m["verdict"]["label"].startswith("copies training images")
     assert m["family"] == "samples" and m["cost"]["parameters"] is None and (tmp_path / "eval" / "nearest_pairs.png").is_file()
     # copies of real images look real: their FRD is at the real-vs-real scale, far from noise
     rows = m["rows"]
@@ -148,6 +152,7 @@ def test_errors_are_one_line(tmp_path, trained):
         (["samples=nowhere", "real=phantom"], "data=phantom"),
         (["samples=nowhere", "data=phantom"], "samples=nowhere is not a folder"),
         (["run_dir=x", "data=phantom"], "drop data="),
+        (["samples=nowhere", "data=phantom", "+memorization.threshold=0.95"], "memorization.threshold is no longer fixed"),
     ],
 )
 def test_task_refuses_bad_arguments(tmp_path, args, expect):
@@ -175,4 +180,4 @@ def test_cli_samples_mode(tmp_path, trained):
     (out,) = list((tmp_path / "outputs" / "evaluate").iterdir())
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_real"] == 6 and m["cost"]["seconds_per_sample"] > 0, "cost read from the folder's samples.json"
-    assert (out / "report.md").is_file() and "FRD" in res.stdout
+    assert (out / "report.md").is_file() and "FRD" in res.stdout and "verdict: " in res.stdout and "test split" in res.stdout

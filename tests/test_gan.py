@@ -151,3 +151,42 @@ def test_gan_under_ddp_cpu(tmp_path):
     (run,) = list((tmp_path / "ok" / "outputs" / "train").iterdir())
     info = json.loads((run / "run.json").read_text())
     assert info["global_step"] == 4 and np.isfinite(info["metrics"]["val/mmd"])
+
+
+# ----- mode collapse: the monitor and the training-time warning ------------------------------------------------
+def test_collapse_watch_warns_once_on_a_collapsed_generator(caplog):
+    """Synthetic batches: real images differ; a collapsed generator's batch is one image (plus a trace of noise).
+    Over a window of 10 steps the watch warns once, in one line, and never for a diverse generator."""
+    from synth.models.collapse import CollapseWatch
+
+    g = torch.Generator().manual_seed(0)
+    real = lambda: torch.rand(8, 1, 16, 16, generator=g) * 2 - 1  # noqa: E731
+    collapsed = lambda: real()[:1].expand(8, -1, -1, -1) + 0.01 * torch.randn(8, 1, 16, 16, generator=g)  # noqa: E731
+    cases = {"collapsed": (collapsed, 0.5), "diverse": (real, 0.5), "discriminator_wins": (real, 2e-5)}
+    for name, (fake, loss_d) in cases.items():
+        watch = CollapseWatch(window=10, loss_kind="bce")
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="synth.models.collapse"):
+            ratios = [watch.update(step, loss_d, real(), fake()) for step in range(1, 41)]
+        lines = [r.getMessage() for r in caplog.records]
+        if name == "diverse":
+            assert lines == [] and min(ratios) > 0.8, (lines, min(ratios))
+            continue
+        assert len(lines) == 1 and "\n" not in lines[0] and "step 10: the GAN looks collapsed" in lines[0], lines
+        assert ("spread 0.0" in lines[0]) == (name == "collapsed") and ("discriminator loss stayed below" in lines[0]) == (name != "collapsed")
+    watch = CollapseWatch(window=10, loss_kind="wgan")  # a critic loss has no floor: only the spread counts
+    assert all(watch.update(s, -1e-6, real(), real()) is not None for s in range(20)) and not watch.warned
+
+
+def test_gan_monitor_is_the_rbf_mmd(train_cfg):
+    cfg = train_cfg("dcgan", steps=2, n=20)
+    assert cfg.model.monitor == "val/mmd_rbf"
+    metrics, objs = train(cfg)
+    assert np.isfinite(metrics["val/mmd_rbf"]) and np.isfinite(metrics["val/mmd"])
+    model, dm = objs["model"].eval(), objs["datamodule"]
+    real = next(iter(dm.val_dataloader()))["image"]  # limit_val_batches=1: the set validation compared with
+    from synth.models.metrics import mmd_rbf
+
+    fake = model.sample(len(real), generator=torch.Generator().manual_seed(1234))
+    assert metrics["val/mmd_rbf"] == pytest.approx(mmd_rbf(fake, real).item(), rel=1e-4), "samples vs the validation set, seeded"
+    assert "best-" in objs["trainer"].checkpoint_callback.best_model_path and "mmd_rbf" in objs["trainer"].checkpoint_callback.monitor

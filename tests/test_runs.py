@@ -3,7 +3,6 @@ a refused run leaves nothing that looks like a run, `run_dir=latest` is the newe
 $PROJECT_ROOT/outputs), and a NaN validation metric never makes a best checkpoint."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess

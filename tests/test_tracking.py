@@ -20,7 +20,7 @@ def _env(**extra) -> dict:
 
 
 def _tiny(model: str) -> list[str]:
-    return [f"model={model}", *TINY[model], *phantom(2, size=16, n=12), *quick(4), "trainer.enable_progress_bar=false",
+    return [f"model={model}", *TINY[model], *phantom(2, size=16, n=20), *quick(4), "trainer.enable_progress_bar=false",
             "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1", "evaluate=true", "evaluate_n=12"]
 
 

@@ -132,3 +132,29 @@ def test_conditional_diffusion_follows_its_class(tmp_path, dark_and_bright, mode
     s_dark = m.sample(16, condition="dark", generator=g, steps=10, progress=False).flatten(1).mean(1)
     right = ((s_bright > mid).float().mean().item(), (s_dark < mid).float().mean().item())
     assert min(right) >= 0.75, f"{model}: {right} on the right side of {mid:.2f} (samples {s_bright.mean():.2f}/{s_dark.mean():.2f})"
+
+
+def test_val_loss_is_the_ema_networks_loss(train_cfg):
+    """Samples come from the EMA weights, so the monitor (val/loss) is the EMA network's loss; val/loss_raw is the
+    trained network's, on the same seeded noise and timesteps."""
+    cfg = train_cfg("ddpm", ["model.ema_decay=0.9"], steps=6, n=12)
+    metrics, objs = train(cfg)
+    model = objs["model"].eval()
+    batch = next(iter(objs["datamodule"].val_dataloader()))  # limit_val_batches=1: the batch validation saw
+    with torch.no_grad():
+        raw = model._eval_loss(batch, 10_000).item()
+        trained = model.net
+        model.net = model.ema.module  # the EMA network in the trained one's place
+        ema = model._eval_loss(batch, 10_000).item()
+        model.net = trained
+    assert abs(raw - ema) > 1e-4, "after 6 steps at decay 0.9 the two networks differ"
+    assert metrics["val/loss"] == pytest.approx(ema, rel=1e-5) and metrics["val/loss_raw"] == pytest.approx(raw, rel=1e-5)
+
+
+def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(train_cfg):
+    cfg = train_cfg("ddpm", ["trainer.accumulate_grad_batches=2", "callbacks.sample_grid.n=0"], steps=3, n=12)
+    _, objs = train(cfg)
+    trainer, model = objs["trainer"], objs["model"]
+    micro_batches = trainer.fit_loop.epoch_loop.batch_progress.total.completed
+    assert trainer.global_step == 3 and micro_batches > 3, "two micro-batches per optimizer step (an epoch's last one steps alone)"
+    assert int(model.ema.n_averaged) == trainer.global_step, f"EMA updated {int(model.ema.n_averaged)} times for {trainer.global_step} optimizer steps"

@@ -9,7 +9,8 @@ blocks.py decide the split (by subject key, or blocks of one volume); phantom.py
 from synth.data.datamodule import SynthDataModule
 from synth.data.phantom import make_phantom, write_fake_brats
 from synth.data.readers import Subject, Volume
-from synth.data.sources import MNI152, BraTS, CSVList, Folder, Phantom, Source
+from synth.data.sources import MNI152, Phantom, Source
+from synth.data.user_sources import BraTS, CSVList, Folder
 from synth.data.splits import split_subjects
 
 __all__ = [

@@ -1,41 +1,56 @@
 """Comparing evaluated runs: flat metric names (`flat_metrics`, also what loggers get), finding a run's latest
-evaluation, and `compare_runs` -> one table (compare.md, compare.csv) and realism_vs_speed.png. Runs without
-an evaluation are listed with the command that evaluates them (or evaluated first with evaluate_missing)."""
+evaluation, and `compare_runs` -> one table (compare.md, compare.csv) and realism_vs_speed.png, with intervals,
+reference-set groups and interval-based ranks (compare_table.py). Runs without an evaluation are listed with the
+command that evaluates them (or evaluated first with evaluate_missing)."""
 from __future__ import annotations
 
 import glob
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from synth.errors import SynthError
+from synth.evaluation.compare_table import markdown, notes, rank_by_interval, reference_groups
 
-ROW_KEYS = ("frd", "mmd", "first_order_wasserstein", "first_order_ks", "diversity_gap", "ms_ssim_diversity")
+ROW_KEYS = ("frd", "mmd_rbf", "mmd", "first_order_wasserstein", "first_order_ks", "diversity_gap", "ms_ssim_diversity", "sharpness_ratio")
 SUFFIX = {"synthetic": "", "real_vs_real": "_real_vs_real", "noise_vs_real": "_noise_vs_real"}
 COLUMNS = [
-    "run", "family", "model", "data", "frd", "frd_real_vs_real", "frd_noise_vs_real", "mmd", "first_order_wasserstein",
-    "first_order_ks", "diversity_gap", "ms_ssim_diversity", "ms_ssim_diversity_real", "recon_ssim", "recon_psnr",
-    "memorization_fraction", "seconds_per_sample", "batch_size", "device", "parameters", "train_seconds", "n_real", "status", "path",
+    "run", "family", "model", "data", "ref_set", "verdict", "frd", "frd_lo", "frd_hi", "frd_rank", "frd_real_vs_real", "frd_noise_vs_real",
+    "frd_dropped", "mmd_rbf", "mmd", "first_order_wasserstein", "first_order_ks", "diversity_gap", "ms_ssim_diversity", "ms_ssim_diversity_real",
+    "sharpness_ratio", "recon_ssim", "recon_psnr", "memorization_fraction", "seconds_per_sample", "batch_size", "device", "parameters",
+    "train_seconds", "n_real", "split", "reference_fingerprint", "frd_space", "status", "path",
 ]
 
 
 def flat_metrics(metrics: dict, prefix: str = "eval/") -> dict[str, float]:
-    """metrics.json -> {"eval/frd": .., "eval/frd_real_vs_real": .., "eval/recon_ssim": .., ...} (numbers only)."""
+    """metrics.json -> {"eval/frd": .., "eval/frd_lo": .., "eval/frd_real_vs_real": .., "eval/recon_ssim": .., ...}
+    (numbers only; `_lo` / `_hi`: the 95 % interval)."""
     out: dict[str, Any] = {}
+
+    def put(name: str, value, ci=None) -> None:
+        out[name] = value
+        if ci:
+            out[f"{name}_lo"], out[f"{name}_hi"] = ci
+
     for row, suffix in SUFFIX.items():
+        r = metrics["rows"].get(row) or {}
         for key in ROW_KEYS:
-            out[f"{key}{suffix}"] = (metrics["rows"].get(row) or {}).get(key)
-    out["ms_ssim_diversity_real"] = metrics.get("reference", {}).get("ms_ssim_diversity_real")
+            put(f"{key}{suffix}", r.get(key), (r.get("ci") or {}).get(key))
+        out[f"frd_dropped{suffix}"] = r.get("frd_dropped_images")
+    ref = metrics.get("reference", {})
+    put("ms_ssim_diversity_real", ref.get("ms_ssim_diversity_real"), ref.get("ms_ssim_diversity_real_ci"))
+    recon = metrics.get("reconstruction") or {}
     for key in ("ssim", "psnr", "mae"):
-        out[f"recon_{key}"] = (metrics.get("reconstruction") or {}).get(key)
+        put(f"recon_{key}", recon.get(key), (recon.get("ci") or {}).get(key))
     mem = metrics.get("memorization") or {}
-    out["memorization_fraction"] = (mem.get("synthetic") or {}).get("fraction_above")
-    out["memorization_mean"] = (mem.get("synthetic") or {}).get("mean")
+    syn = mem.get("synthetic") or {}
+    put("memorization_fraction", syn.get("fraction_above"), syn.get("fraction_above_ci"))
+    out["memorization_mean"] = syn.get("mean")
     out["memorization_fraction_real_held_out"] = (mem.get("real_held_out") or {}).get("fraction_above")
+    out["memorization_threshold"] = mem.get("threshold")
     for key in ("seconds_per_sample", "parameters", "peak_memory_mb", "train_seconds"):
         out[key] = (metrics.get("cost") or {}).get(key)
     out["n_real"], out["n_samples"] = metrics.get("n_real"), metrics.get("n_samples")
@@ -89,33 +104,11 @@ def _row(run: Path, metrics_path: Path | None) -> dict:
     m = json.loads(metrics_path.read_text())
     flat = {k.removeprefix("eval/"): v for k, v in flat_metrics(m).items()}
     name = Path(m["run_dir"]).name if m.get("run_dir") else run.name
-    cost = m.get("cost") or {}
+    cost, ref = m.get("cost") or {}, m.get("reference") or {}
     return {**flat, "run": name, "family": m.get("family"), "model": m.get("model"), "data": m.get("data"),
+            "verdict": (m.get("verdict") or {}).get("label"), "frd_dropped": flat.get("frd_dropped"),
+            "split": ref.get("split", "val + test"), "reference_fingerprint": ref.get("fingerprint"), "frd_space": (m.get("frd") or {}).get("fingerprint"),
             "batch_size": cost.get("batch_size"), "device": cost.get("device"), "status": "evaluated", "path": str(metrics_path.parent)}
-
-
-MARKDOWN_COLUMNS = [  # the markdown table keeps to these; compare.csv has every column
-    "run", "family", "model", "data", "frd", "frd_real_vs_real", "frd_noise_vs_real", "mmd", "first_order_wasserstein",
-    "first_order_ks", "diversity_gap", "recon_ssim", "memorization_fraction", "seconds_per_sample", "device", "parameters",
-    "train_seconds", "n_real", "status",
-]
-
-
-def _markdown(df) -> str:
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "—"
-        if isinstance(v, float) and v.is_integer() and abs(v) >= 100:
-            return f"{int(v):,}"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    shown = [c for c in MARKDOWN_COLUMNS if c in df.columns]
-    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(cell(r[c]) for c in shown) + " |")
-    return "\n".join(lines)
 
 
 def _plot(df, path: Path) -> None:
@@ -129,6 +122,9 @@ def _plot(df, path: Path) -> None:
     colors = {"diffusion": "tab:blue", "gan": "tab:red", "autoencoder": "tab:green"}
     for _, r in ok.iterrows():
         ax.scatter(r["seconds_per_sample"], r["frd"], color=colors.get(r["family"], "tab:gray"), s=30, zorder=3)
+        if "frd_lo" in r and r["frd_lo"] == r["frd_lo"]:
+            ax.errorbar(r["seconds_per_sample"], r["frd"], yerr=[[r["frd"] - r["frd_lo"]], [r["frd_hi"] - r["frd"]]],
+                        color=colors.get(r["family"], "tab:gray"), capsize=2, linewidth=0.8, zorder=2)
         ax.annotate(f"{r['model']} ({r['run'][-24:]})", (r["seconds_per_sample"], r["frd"]), fontsize=6, xytext=(4, 3), textcoords="offset points")
     for (data, key), style in zip([(d, k) for d in ok["data"].dropna().unique() for k in ("frd_real_vs_real", "frd_noise_vs_real")], ["--", ":"] * 99):
         vals = ok.loc[ok["data"] == data, key].dropna()
@@ -141,9 +137,10 @@ def _plot(df, path: Path) -> None:
     if len(ok):
         ax.set_xscale("log")
     ax.set_xlabel("seconds per sample (log)")
-    ax.set_ylabel("FRD (lower is more realistic)")
+    ax.set_ylabel("FRD (lower is more realistic; bars: 95 % interval)")
     ax.set_title("realism vs sampling speed" + ("" if len(ok) else " (no evaluated runs)"), fontsize=9)
-    ax.legend(fontsize=6)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -165,7 +162,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, evaluate_missing: bool = F
 
             metrics_path = Path(evaluate_run(run, **eval_kwargs)["out_dir"]) / "metrics.json"
         rows.append(_row(run, metrics_path))
-    df = pd.DataFrame(rows)
+    df = rank_by_interval(reference_groups(pd.DataFrame(rows)))
     df = df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
     out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / "compare.csv", index=False)
@@ -173,14 +170,18 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, evaluate_missing: bool = F
     text = [
         "# Comparison of runs",
         "",
-        "Realism metrics are lower-is-better distances to each run's real held-out images (FRD, MMD, first-order radiomics "
-        "Wasserstein / KS, MS-SSIM diversity gap); `_real_vs_real` and `_noise_vs_real` give the scale for each run's data "
-        "(a good model sits near real-vs-real). `ms_ssim_diversity` is best when near `ms_ssim_diversity_real`. "
-        "`memorization_fraction`: samples whose nearest training image has correlation >= the audit threshold. "
-        "Seconds per sample are only comparable between rows with the same device. compare.csv holds every metric "
-        "(also the reference rows of MMD, Wasserstein, KS and diversity, reconstruction MAE, peak memory).",
+        "Each run is scored against the real **test split** of its data (the reference set R); `_real_vs_real` and `_noise_vs_real` "
+        "give the scale (a good model sits near real-vs-real). Brackets are 95 % bootstrap intervals over images: **a difference "
+        "between two runs is real only where their intervals do not overlap**. `frd_rank` = 1 + the number of runs in the same "
+        "`ref_set` whose FRD interval lies wholly below this run's: runs that share a rank cannot be told apart. `ref_set` groups "
+        "runs scored against the same real images with the same FRD feature set; numbers in different groups are not comparable. "
+        "`verdict` combines realism, diversity, sharpness and memorization (see each report.md). `ms_ssim_diversity` is best near "
+        "`ms_ssim_diversity_real`, `sharpness_ratio` near 1. `memorization_fraction`: samples above the memorization threshold "
+        "calibrated on the val split. Seconds per sample are only comparable between rows with the same device. compare.csv holds "
+        "every metric and interval bound.",
         "",
-        _markdown(df),
+        *[f"{n}" + "\n" for n in notes(df)],
+        markdown(df),
         "",
         "![realism vs speed](realism_vs_speed.png)",
         "",

@@ -1,7 +1,9 @@
-"""What every family shares: image geometry, the `sample` contract, optimizers from config, shape checks,
-and the metadata (family, data geometry) that travels inside every checkpoint."""
+"""What every family shares: image geometry, the `sample` contract, optimizers from config, shape checks, the
+metadata (family, data geometry) that travels inside every checkpoint, and the set-level validation metric of
+the families that sample in one pass (GAN, VAE, AE): `val/mmd_rbf` between samples and the validation images."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import lightning as L
@@ -10,6 +12,11 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from synth.errors import SynthError
+from synth.models.metrics import mmd, mmd_rbf
+
+log = logging.getLogger(__name__)
+VAL_SET_MAX = 256   # validation images compared with as many samples (one generator/decoder pass)
+VAL_SET_SEED = 1234  # the samples' noise: the same at every validation, so the values compare over training
 
 
 def build(cfg: Any, **overrides: Any) -> Any:
@@ -20,6 +27,13 @@ def build(cfg: Any, **overrides: Any) -> Any:
             cfg[key] = tuple(cfg[key])
     target = get_class(cfg.pop("_target_"))
     return target(**{**cfg, **overrides})
+
+
+SAMPLER_KEYS = ("sampler", "steps", "guidance", "eta")  # what generate.py / evaluate.py may pass to sample()
+
+
+def _no_closure() -> None:
+    """Manual optimization ran backward already: the optimizer step's closure has nothing left to do."""
 
 
 class GenerativeModule(L.LightningModule):
@@ -56,6 +70,8 @@ class GenerativeModule(L.LightningModule):
         self.optimizer_cfg = optimizer
         self.num_classes = int(num_classes)
         self.data_meta: dict = {}  # filled by the train task from the data module; saved in checkpoints
+        self._val_real: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self._warned_small_val = False
 
     # ----- the contract ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -63,9 +79,20 @@ class GenerativeModule(L.LightningModule):
         """Return `n` images `(n, C, *S)` in [-1, 1]."""
         raise NotImplementedError
 
+    def sampling_settings(self, **sampler: Any) -> dict | None:
+        """The sampler a request resolves to, defaults filled in (samples.json records it); None for families that
+        draw in one pass without sampler settings (GAN, autoencoders). Diffusion overrides it."""
+        return None
+
     def check_sampling(self, condition: Any = None, **sampler) -> None:
-        """Refuse a sampling request before any work starts (generate.py calls this first)."""
+        """Refuse a sampling request before any work starts (generate.py calls this first). Families that draw in
+        one pass (GAN, autoencoders) take no sampler settings: a request for one is refused, never ignored."""
         self._check_conditioning(condition)
+        given = {k: v for k, v in sampler.items() if k in SAMPLER_KEYS and v is not None}
+        if given:
+            asked = " ".join(f"{k}={v}" for k, v in given.items())
+            raise SynthError(f"{asked}: a {self.name} model ({self.family}) draws each sample in one pass and takes no sampler "
+                             "settings; drop them (they apply to diffusion models)")
 
     def check_divisible(self, factor: int, what: str, shape: Sequence[int] | None = None) -> None:
         """Fail before training when the image (or latent) cannot pass through `factor`-fold downsampling."""
@@ -125,12 +152,52 @@ class GenerativeModule(L.LightningModule):
     def require_unused_parameters_under_ddp(self, what: str) -> None:
         """Adversarial models step two networks in separate backward passes, each leaving the other's
         parameters unused, which DDP allows only with find_unused_parameters."""
-        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)  # set by Lightning's DDPStrategy
-        if ddp_kwargs is not None and not ddp_kwargs.get("find_unused_parameters"):
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = self.trainer.strategy.model  # the strategy wraps the module before on_fit_start
+        if isinstance(wrapped, DistributedDataParallel) and not wrapped.find_unused_parameters:
             raise SynthError(
                 f"{what} updates two networks in separate backward passes, which DDP allows only with find_unused_parameters: "
-                "add strategy=ddp_find_unused (or trainer.strategy=ddp_find_unused_parameters_true)"
+                "add strategy=ddp_find_unused"
             )
+
+    # ----- the set-level validation metric (GAN, VAE, AE) ---------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_real = []
+
+    def collect_val_images(self, batch: dict) -> None:
+        """Keep a validation batch for `log_sample_set_metrics` (call from validation_step)."""
+        if sum(len(x) for x, _ in self._val_real) < VAL_SET_MAX:
+            self._val_real.append((batch["image"], batch.get("label")))
+
+    def log_sample_set_metrics(self, required: bool = True):
+        """Log `val/mmd_rbf` (the monitor of the GAN and the sweep objective of GAN, VAE, AE: unbiased RBF-kernel
+        MMD on pixels, which sees mode collapse) and `val/mmd` (linear kernel: the mean images only) between up to
+        VAL_SET_MAX validation images (gathered from every rank) and as many samples drawn with a fixed seed
+        (with the validation images' labels when conditional). Returns (real, labels, fake), or None when the
+        validation set is too small (`required`: refused; else one warning per run and nothing logged)."""
+        if not self._val_real:
+            return None
+        real = torch.cat([x for x, _ in self._val_real])
+        labels = torch.cat([y for _, y in self._val_real]) if self.conditional else None
+        self._val_real = []
+        if self.trainer.world_size > 1:  # each rank holds a shard: compare the whole validation set on every rank
+            real = self.all_gather(real).flatten(0, 1)
+            labels = self.all_gather(labels).flatten(0, 1) if labels is not None else None
+        real, labels = real[:VAL_SET_MAX], (labels[:VAL_SET_MAX] if labels is not None else None)
+        if len(real) < 2:
+            why = f"val/mmd_rbf compares sets of images but validation holds {len(real)}: add subjects or raise the val fraction of data.split"
+            if required:
+                raise SynthError(why)
+            if not self._warned_small_val:
+                self._warned_small_val = True
+                log.warning(why + " (not logged this run)")
+            return None
+        g = torch.Generator(device=self.device).manual_seed(VAL_SET_SEED)
+        fake = self.sample(len(real), condition=None if labels is None else labels.tolist(), generator=g, progress=False)
+        self.log("val/mmd_rbf", mmd_rbf(fake, real), prog_bar=True)  # the same on every rank: no sync needed
+        self.log("val/mmd", mmd(real, fake))
+        return real, labels, fake
 
     # ----- optimizers and checkpoints ----------------------------------------------------------------------
     def manual_step(self, opt, loss: torch.Tensor, grad_clip: float | None, count: bool = True) -> None:
@@ -144,12 +211,9 @@ class GenerativeModule(L.LightningModule):
         if count:
             opt.step()
             return
-        hooks = opt._on_before_step, opt._on_after_step  # Lightning's step counting and profiling around step()
-        opt._on_before_step = opt._on_after_step = lambda: None
-        try:
-            opt.step()
-        finally:
-            opt._on_before_step, opt._on_after_step = hooks
+        # the strategy's step (precision plugin and gradient scaler included) without the LightningOptimizer wrapper
+        # around it, which is what counts trainer.global_step
+        self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure)
 
     def build_optimizer(self, cfg: Any, params) -> torch.optim.Optimizer:
         return instantiate(cfg)(params=params)

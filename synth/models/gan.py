@@ -1,7 +1,9 @@
 """GAN family: DCGAN-style generator and discriminator/critic (MONAI Generator/Discriminator, 2D or 3D) trained
 with manual optimization, gradient clipping inside the step, a choice of adversarial loss (bce, lsgan, hinge,
 wgan), an optional gradient penalty (WGAN-GP), and optional class conditioning (model.num_classes > 0): a label
-embedding concatenated to z in the generator, one-hot label maps as extra input channels of the discriminator."""
+embedding concatenated to z in the generator, one-hot label maps as extra input channels of the discriminator.
+Validation compares samples with the validation images as sets (`val/mmd_rbf`, synth/models/base.py); training
+warns once when the game signals mode collapse (synth/models/collapse.py)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -12,7 +14,7 @@ from torch import nn
 
 from synth.errors import SynthError
 from synth.models.base import GenerativeModule, build
-from synth.models.metrics import mmd
+from synth.models.collapse import CollapseWatch
 
 LOSSES = ("bce", "lsgan", "hinge", "wgan")
 
@@ -65,6 +67,7 @@ class GANModule(GenerativeModule):
         n_disc: int = 1,             # discriminator steps per generator step
         embed_dim: int = 16,         # class embedding concatenated to z (conditional models only)
         grad_clip: float | None = 1.0,
+        collapse_window: int = 50,   # generator steps the collapse warning judges together (0: off)
         **common,
     ) -> None:
         super().__init__(optimizer=optimizer, **common)
@@ -104,7 +107,7 @@ class GANModule(GenerativeModule):
         self.n_disc = int(n_disc)
         self.grad_clip = grad_clip
         self.automatic_optimization = False
-        self._val_real: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.collapse_watch = CollapseWatch(collapse_window, loss)
 
     # ----- networks ------------------------------------------------------------------------------------------
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,6 +153,10 @@ class GANModule(GenerativeModule):
         loss_g = g_loss_fn(self.loss_kind, self.critic(self(self._z(n), labels), labels))
         self.manual_step(opt_g, loss_g, self.grad_clip)
         logs.update({"train/loss_d": loss_d, "train/loss_g": loss_g, "train/d_real": d_real.mean(), "train/d_fake": d_fake.mean()})
+        if self.global_rank == 0:  # one warning per run, not one per rank
+            ratio = self.collapse_watch.update(self.global_step, float(loss_d), real, fake)
+            if ratio is not None:
+                logs["train/spread_ratio"] = ratio  # fake / real batch spread (about 1 when diverse)
         self.log_dict(logs, prog_bar=True, batch_size=n)
 
     # ----- checks before fit, and validation: a set-level signal, since GAN losses do not track quality -----
@@ -158,29 +165,19 @@ class GANModule(GenerativeModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and dm.meta["n_val"] < 2:
             raise SynthError(
-                f"val/mmd compares sets of images but the validation split holds {dm.meta['n_val']}: "
+                f"val/mmd_rbf compares sets of images but the validation split holds {dm.meta['n_val']}: "
                 "add subjects or raise the val fraction of data.split"
             )
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_real = []
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._val_real.append((batch["image"], batch["label"]))
+        self.collect_val_images(batch)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_real:
-            return
-        real, labels = torch.cat([x for x, _ in self._val_real]), torch.cat([y for _, y in self._val_real])
-        self._val_real = []
-        if self.trainer.world_size > 1:  # each rank holds a shard: compare the whole validation set on every rank
-            real, labels = self.all_gather(real).flatten(0, 1), self.all_gather(labels).flatten(0, 1)
-        real, labels = real[:256], (labels[:256] if self.conditional else None)
-        g = torch.Generator(device=self.device).manual_seed(1234)
-        fake = self.sample(len(real), condition=None if labels is None else labels.tolist(), generator=g)
-        self.log("val/mmd", mmd(real, fake), prog_bar=True)  # the same on every rank: no sync needed
-        self.log("val/d_real", self.critic(real, labels).mean())
-        self.log("val/d_fake", self.critic(fake, labels).mean())
+        kept = self.log_sample_set_metrics()  # val/mmd_rbf (the monitor) and val/mmd
+        if kept is not None:
+            real, labels, fake = kept
+            self.log("val/d_real", self.critic(real, labels).mean())
+            self.log("val/d_fake", self.critic(fake, labels).mean())
 
     @torch.no_grad()
     def sample(self, n: int, condition: Any = None, generator: torch.Generator | None = None, **_: Any) -> torch.Tensor:
