@@ -33,7 +33,7 @@ from synth.errors import SynthError
 from synth.tasks import optimized_value
 from tests.conftest import CONF, ROOT, TINY, phantom, run_script
 
-TINY_DDPM = ["model=ddpm", *TINY["ddpm"], *phantom(2, size=16, n=12), "trainer.enable_progress_bar=false",
+TINY_DDPM = ["model=ddpm", *TINY["ddpm"], *phantom(2, size=16, n=24), "trainer.enable_progress_bar=false",
              "trainer.enable_model_summary=false", "callbacks.sample_grid.n=0"]
 QUICK = ["debug=default", "trainer.max_epochs=-1", "trainer.limit_val_batches=1", "trainer.check_val_every_n_epoch=null"]
 SWEEP = [*TINY_DDPM, "sweep=ddpm", *QUICK, "trainer.max_steps=3", "trainer.val_check_interval=3", "hydra.sweeper.n_trials=3"]
@@ -371,7 +371,7 @@ def test_pareto_sweep_writes_the_front(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["vae", "dcgan"])
 def test_shipped_search_spaces_run(tmp_path, model):
-    args = [f"model={model}", *TINY[model], *phantom(2, size=16, n=12), "trainer.enable_progress_bar=false",
+    args = [f"model={model}", *TINY[model], *phantom(2, size=16, n=24), "trainer.enable_progress_bar=false",
             "trainer.enable_model_summary=false", "callbacks.sample_grid.n=0", f"sweep={model}", *QUICK, "trainer.max_steps=2",
             "trainer.val_check_interval=2", "hydra.sweeper.n_trials=1"]
     res = run_script("train.py", ["-m", *args], cwd=tmp_path)
@@ -382,10 +382,23 @@ def test_shipped_search_spaces_run(tmp_path, model):
 
 
 def _submitit_tasks(pid: int) -> list[int]:
+    """The submitit job processes under `pid` (not their own children, which share the command line)."""
     from tests.test_scale import _descendants
 
-    return [p for p in _descendants(pid) if b"submitit" in Path(f"/proc/{p}/cmdline").read_bytes()
-            and b"_submit" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    def is_task(p: int) -> bool:
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return b"submitit" in cmd and b"_submit" in cmd
+
+    def parent(p: int) -> int:
+        try:
+            return int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return -1
+
+    return [p for p in _descendants(pid) if is_task(p) and not is_task(parent(p))]
 
 
 @pytest.mark.slow
