@@ -97,20 +97,20 @@ def me() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def mark_running(study: optuna.Study, trial_id: int) -> None:
-    study._storage.set_trial_system_attr(trial_id, WORKER, me())
-    study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+def mark_running(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    storage.set_trial_system_attr(trial_id, WORKER, me())
+    storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
 
 
 @contextlib.contextmanager
-def heartbeat(study: optuna.Study, trial_id: int, every_s: float) -> Iterator[None]:
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, every_s: float) -> Iterator[None]:
     """While a trial runs, its worker records that it is alive every `every_s` seconds."""
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(every_s):
             try:
-                study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+                storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
             except Exception as err:  # noqa: BLE001  (the trial was finished elsewhere, or the storage hiccuped)
                 log.debug(f"heartbeat of trial {trial_id}: {err}")
 
@@ -145,12 +145,12 @@ def is_stale(trial: FrozenTrial, stale_after_s: float, now: float | None = None)
     return beat is not None and (now or time.time()) - float(beat) > stale_after_s
 
 
-def fail_stale(study: optuna.Study, stale_after_s: float) -> list[int]:
+def fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage, stale_after_s: float) -> list[int]:
     """Record trials left running by dead workers as FAIL (`interrupted`); returns their numbers."""
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if is_stale(trial, stale_after_s):
-            study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+            storage.set_trial_user_attr(trial_id(storage, study.study_name, trial.number), INTERRUPTED, True)
             tell(study, trial.number, state=TrialState.FAIL)
             failed.append(trial.number)
     if failed:
@@ -164,6 +164,7 @@ def tell(study: optuna.Study, trial: Any, **kwargs: Any) -> None:
     try:
         study.tell(trial, skip_if_finished=True, **kwargs)
     except RuntimeError as err:  # GridSampler calls Study.stop once its grid is done: there is no optimize loop to stop
+        # (optuna says so only in the message; tests/test_sweeps.py::test_grid_sampler_visits_every_point_once_across_reruns pins it)
         if "Study.stop" not in str(err):
             raise
 
@@ -178,14 +179,15 @@ def counts(trials: list[FrozenTrial], baseline_failures: set[int] = frozenset())
     }
 
 
-def trial_id(study: optuna.Study, number: int) -> int:
-    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+def trial_id(storage: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial `number` of a study (Optuna's public storage API)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
 
 
-def load(storage_addr: str, study_name: str, **kwargs: Any) -> optuna.Study:
+def load(storage: optuna.storages.BaseStorage, study_name: str, **kwargs: Any) -> optuna.Study:
     """An existing study (a job reporting to its trial)."""
     try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(storage_addr), **kwargs)
+        return optuna.load_study(study_name=study_name, storage=storage, **kwargs)
     except KeyError:
-        raise SynthError(f"no study {study_name} in {storage_addr}: the sweep that started this trial created it; "
+        raise SynthError(f"no study {study_name} in its storage: the sweep that started this trial created it; "
                          "run the trial through its sweep (python train.py -m sweep=...)") from None

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
@@ -74,6 +74,7 @@ class SynthSweeper:
         self.heartbeat_s, self.stale_after_s = float(heartbeat_s), float(stale_after_s)
         self.stop_reason: str | None = None
         self._lock = threading.Lock()
+        self._local = threading.local()  # per worker thread: its storage connection
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -105,7 +106,7 @@ class SynthSweeper:
             return instantiate(cfg)
 
     def _open_study(self, create: bool = False) -> optuna.Study:
-        storage = sweep_study.open_storage(self.address)
+        storage = self._storage()
         pruner = instantiate(self.pruner_cfg) if self.pruner_cfg else None
         if create:
             try:
@@ -120,12 +121,21 @@ class SynthSweeper:
                                        sampler=self._sampler(self.seed), pruner=pruner, load_if_exists=True)
         return optuna.load_study(study_name=self.study_name, storage=storage, sampler=self._sampler(self.seed), pruner=pruner)
 
+    def _storage(self) -> optuna.storages.BaseStorage:
+        """One storage object per worker thread (the study and synth's trial records use the same)."""
+        if getattr(self._local, "storage", None) is None:
+            self._local.storage = sweep_study.open_storage(self.address)
+        return self._local.storage
+
+    def _trial_id(self, trial: optuna.trial.Trial) -> int:
+        return sweep_study.trial_id(self._storage(), self.study_name, trial.number)
+
     def _next_trial(self, study: optuna.Study) -> optuna.trial.Trial | None:
         """Under the ask lock: fail stale trials, decide whether a trial is left to run, ask it (or None: stop)."""
         with self._lock, sweep_study.ask_lock(self.sweep_dir):
             if self.stop_reason:
                 return None
-            sweep_study.fail_stale(study, self.stale_after_s)
+            sweep_study.fail_stale(study, self._storage(), self.stale_after_s)
             trials = study.get_trials(deepcopy=False)
             n = sweep_study.counts(trials, self.baseline_failures)
             if n["failed"] > self.max_failures:
@@ -140,7 +150,7 @@ class SynthSweeper:
                     return None
             study.sampler = self._sampler(sweep_study.derive_seed(self.seed, len(trials)))
             trial = study.ask(self.distributions)
-            sweep_study.mark_running(study, trial._trial_id)
+            sweep_study.mark_running(self._storage(), self._trial_id(trial))
             return trial
 
     @staticmethod
@@ -156,19 +166,19 @@ class SynthSweeper:
         return [*fixed, *params, f"sweep_trial={where}"]
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn) -> None:
-        storage = study._storage
+        storage, trial_id = self._storage(), self._trial_id(trial)
         run_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg is not None else None
         if run_dir:
-            storage.set_trial_user_attr(trial._trial_id, "run_dir", str(Path(run_dir).resolve()))
-        frozen = storage.get_trial(trial._trial_id)
+            storage.set_trial_user_attr(trial_id, "run_dir", str(Path(run_dir).resolve()))
+        frozen = storage.get_trial(trial_id)
         state, values, error = TrialState.COMPLETE, None, None
-        if ret.status != JobStatus.COMPLETED:
-            err = ret._return_value
-            state, error = TrialState.FAIL, " ".join(f"{type(err).__name__}: {err}".split())[:300]
-        elif frozen.user_attrs.get(sweep_study.PRUNED_AT) is not None:
+        try:
+            raw = ret.return_value  # Hydra re-raises a failed job's exception here
+        except Exception as err:  # noqa: BLE001  (any failure of the job is the trial's failure)
+            raw, state, error = None, TrialState.FAIL, " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        if state != TrialState.FAIL and frozen.user_attrs.get(sweep_study.PRUNED_AT) is not None:
             state = TrialState.PRUNED
-        else:
-            raw = ret._return_value
+        elif state != TrialState.FAIL:
             values = list(raw) if isinstance(raw, (list, tuple, ListConfig)) else [raw]
             if len(values) != len(self.directions) or any(v is None or not math.isfinite(float(v)) for v in values):
                 state, values = TrialState.FAIL, None
@@ -176,7 +186,7 @@ class SynthSweeper:
             else:
                 values = [float(v) for v in values]
         if error:
-            storage.set_trial_user_attr(trial._trial_id, "error", error)
+            storage.set_trial_user_attr(trial_id, "error", error)
         sweep_study.tell(study, trial, state=state, values=values)
         what = {TrialState.COMPLETE: f"finished: {values}", TrialState.PRUNED: f"pruned at step {frozen.user_attrs.get(sweep_study.PRUNED_AT)}",
                 TrialState.FAIL: f"failed ({error})"}[state]
@@ -186,10 +196,10 @@ class SynthSweeper:
         overrides = self._overrides(trial)
         log.info(f"trial {trial.number}: {' '.join(f'{k}={v}' for k, v in trial.params.items())}")
         try:
-            with sweep_study.heartbeat(study, trial._trial_id, self.heartbeat_s):
+            with sweep_study.heartbeat(self._storage(), self._trial_id(trial), self.heartbeat_s):
                 ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
         except BaseException:  # Ctrl-C, an interrupted job (exit 130): recorded, and the next run of the sweep goes on
-            study._storage.set_trial_user_attr(trial._trial_id, sweep_study.INTERRUPTED, True)
+            self._storage().set_trial_user_attr(self._trial_id(trial), sweep_study.INTERRUPTED, True)
             sweep_study.tell(study, trial, state=TrialState.FAIL)
             raise
         self._tell(study, trial, ret)

@@ -40,8 +40,9 @@ class TrialReport(L.Callback):
             from synth import sweep_study
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            study = sweep_study.load(str(self.info["storage"]), str(self.info["study"]), pruner=self.pruner)
-            self._trial = optuna.trial.Trial(study, sweep_study.trial_id(study, int(self.info["number"])))
+            storage, name = sweep_study.open_storage(str(self.info["storage"])), str(self.info["study"])
+            study = sweep_study.load(storage, name, pruner=self.pruner)
+            self._trial = optuna.trial.Trial(study, sweep_study.trial_id(storage, name, int(self.info["number"])))
         return self._trial
 
     def _decide(self, trainer: L.Trainer) -> bool:
