@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	# pyradiomics and pyradiomics-bhklab (pyproject.toml) both write the `radiomics` package: a venv made before
 	# the switch drops pyradiomics first
 	if $(PY) -m pip show -q pyradiomics 2>/dev/null; then $(PY) -m pip uninstall -q -y pyradiomics; fi
+	# hydra-optuna-sweeper (optuna < 3) gave way to synth's own sweeper: a venv made before drops it, whose plugin
+	# Hydra would still try to import
+	if $(PY) -m pip show -q hydra-optuna-sweeper 2>/dev/null; then $(PY) -m pip uninstall -q -y hydra-optuna-sweeper; fi
 	$(PY) -m pip install -q -e ".[dev]"
 	# DeepSpeed is built against the torch just installed (see pyproject.toml for why)
 	$(if $(DEEPSPEED),$(PY) -m pip install -q setuptools wheel && $(PY) -m pip install -q --no-build-isolation $(DEEPSPEED))

@@ -42,14 +42,18 @@ def _save_config(run_dir: Path, cfg: DictConfig) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def optimized_value(cfg: DictConfig, metrics: dict) -> float | None:
-    """The value a sweeper optimizes: `metrics[cfg.optimized_metric]`; a name the run never logged is an error."""
+def optimized_value(cfg: DictConfig, metrics: dict) -> float | list[float] | None:
+    """The value a sweeper optimizes: `metrics[cfg.optimized_metric]`, or one value per name when it is a list (a
+    multi-objective sweep, e.g. [eval/frd, eval/seconds_per_sample]); a name the run never logged is an error."""
     name = cfg.get("optimized_metric")
     if not name:
         return None
-    if name not in metrics:
-        raise SynthError(f"optimized_metric={name} was not logged by this run (it has: {', '.join(sorted(metrics)) or 'nothing'}): pick one of those")
-    return float(metrics[name])
+    names = [str(n) for n in name] if OmegaConf.is_list(name) else [str(name)]
+    for n in names:
+        if n not in metrics:
+            raise SynthError(f"optimized_metric={n} was not logged by this run (it has: {', '.join(sorted(metrics)) or 'nothing'}): pick one of those")
+    values = [float(metrics[n]) for n in names]
+    return values if OmegaConf.is_list(name) else values[0]
 
 
 def train_and_score(cfg: DictConfig) -> float | None:

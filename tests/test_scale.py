@@ -1,6 +1,6 @@
-"""Scale-out without a cluster: Optuna sweeps (finish, resume after a kill, survive failed trials, best config),
-submitit launches (a job runs; a preempted job is requeued and resumes from last.ckpt), the SLURM, DeepSpeed and
-FSDP configs compose, DeepSpeed's strategy object builds, and multirun + spawning DDP is refused."""
+"""Scale-out without a cluster: submitit launches (a job runs; a preempted job is requeued and resumes from
+last.ckpt), the SLURM, DeepSpeed and FSDP configs compose, DeepSpeed's strategy object builds, and multirun +
+spawning DDP is refused. Optuna sweeps: tests/test_sweeps.py."""
 from __future__ import annotations
 
 import json
@@ -11,108 +11,21 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict, read_write
 
 from synth.errors import SynthError
-from synth.tasks import optimized_value, train
+from synth.tasks import train
 from tests.conftest import ROOT, TINY, compose_train, phantom, quick, run_script
 
 TINY_DDPM = ["model=ddpm", *TINY["ddpm"], *phantom(2, size=16, n=12), "trainer.enable_progress_bar=false",
              "trainer.enable_model_summary=false", "callbacks.sample_grid.n=0"]
-SWEEP = [*TINY_DDPM, "sweep=ddpm", "debug=default", "trainer.max_epochs=-1", "trainer.max_steps=3",
-         "trainer.limit_val_batches=1", "trainer.val_check_interval=3", "trainer.check_val_every_n_epoch=null",
-         "hydra.sweeper.n_trials=3"]
 
 
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
-
-
-def _trials(db: Path, study: str = "ddpm_phantom") -> list:
-    try:
-        return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
-    except KeyError:  # the file exists before the study is recorded in it
-        return []
-
-
-def _complete(trials) -> list:
-    return [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-
-
-# ----- sweeps ---------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_sweep_finishes_and_a_killed_sweep_resumes_without_redoing_trials(tmp_path):
-    sweep_dir = tmp_path / "outputs" / "sweeps" / "ddpm_phantom"
-    db = sweep_dir / "optuna.db"
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *SWEEP]
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and first.poll() is None:
-        if db.is_file() and _complete(_trials(db)):
-            break
-        time.sleep(0.5)
-    os.killpg(first.pid, signal.SIGKILL)  # kill the sweep right after its first trial finished
-    first.wait()
-    before = _trials(db)
-    assert len(_complete(before)) == 1 and len(before) <= 2, [t.state for t in before]
-    first_run = next(sweep_dir.glob(f"{_complete(before)[0].number}_*"))
-    stamp = (first_run / "run.json").stat().st_mtime_ns
-
-    res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    after = _trials(db)
-    assert len(_complete(after)) == 3, [t.state for t in after]   # n_trials counts finished trials
-    assert len(after) == len(before) + 2                             # only the missing ones ran
-    assert (first_run / "run.json").stat().st_mtime_ns == stamp     # the first trial was not redone
-    assert "resuming study ddpm_phantom: 1 of 3 trials finished" in res.stdout + res.stderr
-    best = sweep_dir / "best_config.yaml"
-    assert best.is_file() and "model:" in best.read_text()
-    assert (sweep_dir / "trials.csv").read_text().count("\n") == len(after) + 1
-    values = [t.value for t in _complete(after)]
-    assert abs(float((sweep_dir / "best.yaml").read_text().split("value: ")[1].split()[0]) - min(values)) < 1e-6
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("rate, ok", [(0.5, True), (0.0, False)])
-def test_failed_trials_are_recorded_and_end_the_sweep_only_past_max_failure_rate(tmp_path, rate, ok):
-    # grid over two group-norm sizes: 8 trains, 3 does not divide the channels and the network refuses to build
-    args = [*[a for a in SWEEP if "norm_num_groups" not in a], "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2", f"hydra.sweeper.max_failure_rate={rate}",
-            "hydra.sweeper.params=null", "model.net.norm_num_groups=choice(8,3)"]
-    res = run_script("train.py", ["-m", *args], cwd=tmp_path)
-    db = tmp_path / "outputs" / "sweeps" / "ddpm_phantom" / "optuna.db"
-    states = sorted(t.state.name for t in _trials(db))
-    if ok:
-        assert res.returncode == 0, res.stderr[-3000:]
-        assert states == ["COMPLETE", "FAIL"]
-        assert (db.parent / "best_config.yaml").is_file()
-    else:
-        assert res.returncode != 0
-        assert "FAIL" in states and "more than max_failure_rate allows" in res.stdout + res.stderr
-
-
-def test_sweep_configs_compose_with_their_search_space(tmp_path):
-    for name, metric in [("ddpm", "val/loss"), ("vae", "val/mmd_rbf"), ("dcgan", "val/mmd_rbf")]:
-        res = run_script("train.py", ["--cfg", "all", f"sweep={name}", "data=phantom"], cwd=tmp_path)
-        assert res.returncode == 0, res.stderr[-2000:]
-        out = res.stdout
-        assert f"optimized_metric: {metric}" in out and "SynthOptunaSweeper" in out
-        assert f"study_name: {name}_phantom" in out or "study_name: ${sweep_name}" in out
-        assert "model.optimizer.lr: tag(log, interval(" in out
-
-
-def test_optimized_metric_must_be_logged():
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"optimized_metric": "val/fid"})
-    with pytest.raises(SynthError, match="optimized_metric=val/fid was not logged.*val/loss"):
-        optimized_value(cfg, {"val/loss": 0.3})
-    assert optimized_value(OmegaConf.create({"optimized_metric": "val/loss"}), {"val/loss": 0.25}) == 0.25
-    assert optimized_value(OmegaConf.create({"optimized_metric": None}), {}) is None
 
 
 # ----- launchers ------------------------------------------------------------------------------------------
