@@ -109,6 +109,7 @@ def test_config_options_compose(tmp_path, overrides, check):
     "model,strategy,expect",
     [
         ("dcgan", "deepspeed_stage_2", "steps two optimizers by hand"),
+        ("stylegan2", "deepspeed_stage_2", "steps two optimizers by hand"),
         ("wgan_gp", "fsdp", "steps two optimizers by hand"),
         ("ddpm", "deepspeed_stage_3", "needs the deepspeed package"),
     ],
