@@ -110,7 +110,7 @@ def test_unconditional_gan_refuses_a_condition(tmp_path):
         m.sample(2, condition=1)
 
 
-@pytest.mark.parametrize("model", ["dcgan", "wgan_gp"])
+@pytest.mark.parametrize("model", ["dcgan", "wgan_gp", "stylegan2"])
 def test_conditional_samples_follow_their_class(tmp_path, dark_and_bright, model):
     """The honest check: after brief training, samples drawn for `bright` are brighter than those for `dark`."""
     cfg = compose_train(tmp_path, [
