@@ -143,7 +143,7 @@ class StyleGAN2Module(GenerativeModule):
         self.log_dict(logs, prog_bar=True, batch_size=n)
         if sparse:  # straight to the loggers, at this batch's step: self.log would repeat them at every later step of the epoch
             for logger in self.loggers:
-                logger.log_metrics({k: float(v) for k, v in sparse.items()}, step=step)
+                logger.log_metrics({k: float(v.detach()) for k, v in sparse.items()}, step=step)
 
     @torch.no_grad()
     def update_ema(self) -> None:
