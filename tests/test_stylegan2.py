@@ -189,6 +189,24 @@ def test_ema_generator_lags_and_is_the_one_that_samples(train_cfg):
     assert any(k.startswith("g_ema.") for k in state) and "g_ema.w_avg" in state
 
 
+@pytest.mark.parametrize("recipe,widths", [("stylegan2_gpu", [256, 256, 256, 256, 256, 128]), ("stylegan2_gpu_3d", [256, 256, 256, 128, 64])])
+def test_gpu_recipes_build_their_networks(tmp_path, recipe, widths):
+    m = instantiate(compose_train(tmp_path, [f"experiment={recipe}"]).model)
+    g = m.generator
+    assert [c.weight.shape[0] for c in g.convs[::2]] == widths and g.const.shape[0] == widths[0]
+    assert len(g.mapping) == 8 and g.mapping[0].weight.shape == (512, 512) and m.discriminator.from_img.weight.shape[0] == widths[-1]
+
+
+def test_collapse_warning_names_stylegan2_settings(tmp_path, caplog):
+    m = module(tmp_path, ["model.collapse_window=3"])
+    real, same = torch.randn(4, 1, 16, 16), torch.zeros(4, 1, 16, 16)
+    with caplog.at_level("WARNING", logger="synth.models.collapse"):
+        for step in range(3):
+            m.collapse_watch.update(step, 0.5, real, same)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "model.r1_gamma" in line and "model.loss" not in line and "wgan_gp" not in line
+
+
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(InstantiationException) as err:
         module(tmp_path, ["model.mixing_prob=1.5"])

@@ -83,7 +83,8 @@ class StyleGAN2Module(GenerativeModule):
         self.pl_weight, self.pl_every, self.pl_decay, self.pl_batch_shrink = float(pl_weight), int(pl_every), float(pl_decay), int(pl_batch_shrink)
         self.grad_clip = grad_clip
         self.automatic_optimization = False
-        self.collapse_watch = CollapseWatch(collapse_window, "bce")
+        self.collapse_watch = CollapseWatch(collapse_window, "bce", remedy="raise model.r1_gamma (a smoother "
+                                            "discriminator), lower the learning rates (model.optimizer.lr, model.d_optimizer.lr)")
 
     def _z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn((n, self.latent_dim), generator=generator, device=self._noise_device(generator)).to(self.device)
