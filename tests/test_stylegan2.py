@@ -211,3 +211,18 @@ def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(InstantiationException) as err:
         module(tmp_path, ["model.mixing_prob=1.5"])
     assert isinstance(err.value.__cause__, SynthError) and "model.mixing_prob must be in [0, 1]" in str(err.value.__cause__)
+
+
+@pytest.mark.slow
+def test_stylegan2_under_ddp_cpu(tmp_path):
+    """Two gloo processes, conditional, R1 (a double backward) on every other step: runs with find_unused_parameters."""
+    import json
+
+    args = ["model=stylegan2", *TINY["stylegan2"], "model.num_classes=2", "model.r1_every=2", *phantom(2, size=16, n=20),
+            "trainer=ddp_cpu", "strategy=ddp_find_unused", "trainer.max_steps=4", "trainer.val_check_interval=2",
+            "callbacks.sample_grid.n=2", "trainer.enable_progress_bar=false"]
+    res = run_script("train.py", args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run,) = list((tmp_path / "outputs" / "train").iterdir())
+    info = json.loads((run / "run.json").read_text())
+    assert info["global_step"] == 4 and np.isfinite(info["metrics"]["val/mmd_rbf"])
