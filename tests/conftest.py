@@ -25,8 +25,9 @@ TINY = {
     "vae": ["experiment=tiny_vae"], "ae": ["experiment=tiny_vae"],
     "dcgan": ["experiment=tiny_gan"], "wgan_gp": ["experiment=tiny_gan"],
     "vqvae": ["experiment=tiny_vqvae"],
+    "stylegan2": ["experiment=tiny_stylegan2"],
 }
-MODELS = ["ae", "vae", "dcgan", "wgan_gp", "ddpm", "rflow"]
+MODELS = ["ae", "vae", "dcgan", "wgan_gp", "stylegan2", "ddpm", "rflow"]
 
 
 def phantom(spatial_dims: int = 2, size: int = 16, n: int = 12, channels: int = 1) -> list[str]:

@@ -93,6 +93,11 @@ def test_generate_refuses_bad_requests(trained_run, tmp_path, args, expect):
         (["data=mni152", "data.spatial_dims=3"], lambda c: list(c.data.image_size) == [32, 32, 32] and c.model.net.spatial_dims == 3),
         (["experiment=mni152_ddpm_hq"], lambda c: list(c.data.image_size) == [128, 128] and c.trainer.max_steps == 30000),
         (["debug=fdr"], lambda c: c.trainer.fast_dev_run is True),
+        # StyleGAN2 at GPU size: R1 gamma by StyleGAN2-ADA's rule 2e-4 * pixels / batch, EMA half-life 10k images
+        (["experiment=stylegan2_gpu"], lambda c: list(c.data.image_size) == [128, 128] and c.model.spatial_dims == 2 and c.model.mapping_layers == 8
+         and c.data.batch_size == 32 and abs(c.model.r1_gamma - 2e-4 * 128**2 / 32) < 0.01 and abs(0.5 ** (32 / 1e4) - c.model.ema_decay) < 1e-3),
+        (["experiment=stylegan2_gpu_3d"], lambda c: list(c.data.image_size) == [64, 64, 64] and c.model.spatial_dims == 3 and c.model.mapping_layers == 8
+         and c.data.batch_size == 32 and abs(c.model.r1_gamma - 2e-4 * 64**3 / 32) < 0.05),
     ],
 )
 def test_config_options_compose(tmp_path, overrides, check):
@@ -109,6 +114,7 @@ def test_config_options_compose(tmp_path, overrides, check):
     "model,strategy,expect",
     [
         ("dcgan", "deepspeed_stage_2", "steps two optimizers by hand"),
+        ("stylegan2", "deepspeed_stage_2", "steps two optimizers by hand"),
         ("wgan_gp", "fsdp", "steps two optimizers by hand"),
         ("ddpm", "deepspeed_stage_3", "needs the deepspeed package"),
     ],

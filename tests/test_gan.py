@@ -110,14 +110,17 @@ def test_unconditional_gan_refuses_a_condition(tmp_path):
         m.sample(2, condition=1)
 
 
-@pytest.mark.slow  # 400 adversarial steps per model: minutes each on 2 cores
-@pytest.mark.parametrize("model", ["dcgan", "wgan_gp"])
-def test_conditional_samples_follow_their_class(tmp_path, dark_and_bright, model):
+@pytest.mark.parametrize("model,steps", [
+    pytest.param("dcgan", 400, marks=pytest.mark.slow),   # 400 adversarial steps: minutes on 2 cores
+    pytest.param("wgan_gp", 400, marks=pytest.mark.slow),
+    ("stylegan2", 250),                                   # fewer, slower steps
+])
+def test_conditional_samples_follow_their_class(tmp_path, dark_and_bright, model, steps):
     """The honest check: after brief training, samples drawn for `bright` are brighter than those for `dark`."""
     cfg = compose_train(tmp_path, [
         f"model={model}", *TINY[model], "model.num_classes=2", "data=folder", f"data.root={dark_and_bright}",
         "data.source.label_from_subdir=true", "data.channels=1", "data.image_size=[32,32]", "data.batch_size=8",
-        *quick(400), "seed=0",
+        *quick(steps), "seed=0",
     ])
     _, objs = train(cfg)
     m, dm = objs["model"].eval(), objs["datamodule"]

@@ -102,7 +102,7 @@ def test_conditional_model_needs_labelled_data(train_cfg):
         train(train_cfg("ddpm", ["model.num_classes=3"], steps=2, n=12))
 
 
-@pytest.mark.parametrize("model", ["ddpm", "rflow", "vae", "vqvae", "dcgan"])
+@pytest.mark.parametrize("model", ["ddpm", "rflow", "vae", "vqvae", "dcgan", "stylegan2"])
 def test_four_channel_3d_networks(tmp_path, model):
     """1-4 channels in 3D: every family builds for 4-channel volumes and returns 4-channel output."""
     from hydra.utils import instantiate

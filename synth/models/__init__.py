@@ -4,6 +4,7 @@ from synth.models.base import GenerativeModule
 from synth.models.diffusion import DiffusionModule
 from synth.models.gan import GANModule
 from synth.models.latent_diffusion import LatentDiffusionModule
+from synth.models.stylegan2 import StyleGAN2Module
 from synth.models.vqvae import VQVAEModule
 
-__all__ = ["AutoencoderModule", "DiffusionModule", "GANModule", "GenerativeModule", "LatentDiffusionModule", "VQVAEModule"]
+__all__ = ["AutoencoderModule", "DiffusionModule", "GANModule", "GenerativeModule", "LatentDiffusionModule", "StyleGAN2Module", "VQVAEModule"]

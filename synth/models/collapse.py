@@ -17,6 +17,7 @@ import torch
 log = logging.getLogger(__name__)
 SPREAD_RATIO = 0.2   # fake spread / real spread below this (median over the window): collapsed
 D_LOSS_FLOOR = 1e-3  # discriminator loss below this at every step of the window: it wins outright
+REMEDY = "lower the learning rates (model.optimizer.lr, model.d_optimizer.lr), try model=wgan_gp or model.loss=hinge"
 
 
 def spread(x: torch.Tensor) -> float:
@@ -27,8 +28,9 @@ def spread(x: torch.Tensor) -> float:
 
 
 class CollapseWatch:
-    def __init__(self, window: int = 50, loss_kind: str = "bce") -> None:
+    def __init__(self, window: int = 50, loss_kind: str = "bce", remedy: str = REMEDY) -> None:
         self.window = int(window)                       # generator steps judged together; 0: off
+        self.remedy = remedy                            # what the warning tells the user to try
         self.floor = loss_kind != "wgan"                # whether a near-zero discriminator loss means anything
         self.ratios: deque[float] = deque(maxlen=max(1, self.window))
         self.d_losses: deque[float] = deque(maxlen=max(1, self.window))
@@ -48,8 +50,7 @@ class CollapseWatch:
             if message:
                 self.warned = True
                 log.warning(f"step {step}: the GAN looks collapsed: {message}; its samples are likely near-copies of one image: "
-                            "lower the learning rates (model.optimizer.lr, model.d_optimizer.lr), try model=wgan_gp or "
-                            "model.loss=hinge, or keep an earlier checkpoint (val/mmd_rbf chooses best-*.ckpt)")
+                            f"{self.remedy}, or keep an earlier checkpoint (val/mmd_rbf chooses best-*.ckpt)")
         return ratio
 
     def _verdict(self) -> str:
