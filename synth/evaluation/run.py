@@ -109,11 +109,17 @@ def evaluate_run(
         sets = reference.real_sets(splits, n, max_images, seed)
         n = int(n or sets.m)
         condition = reference.sample_conditions(sets, n) if model.conditional else None
+        masks_info = None
+        if getattr(model, "mask_conditioned", False):  # images for masks of the training split (never the test masks)
+            from synth.data.masks import training_masks
+
+            condition, masks_info = training_masks(train_cfg.data, n, seed)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        sample_info = write_samples(model, out_dir / "samples", n=n, batch_size=int(batch_size), seed=seed, condition=condition, **sampler)
+        sample_info = write_samples(model, out_dir / "samples", n=n, batch_size=int(batch_size), seed=seed, condition=condition,
+                                    masks_info=masks_info, **sampler)
         images, _ = read_samples(out_dir / "samples", shape, meta=dm.meta)
-        labels = None if condition is None else np.asarray(condition, dtype=np.int64)
+        labels = None if condition is None or masks_info is not None else np.asarray(condition, dtype=np.int64)
         peak, kind = _peak_memory(dev)
         cost.update(seconds_per_sample=sample_info["seconds_per_sample"], batch_size=int(batch_size), peak_memory_mb=peak, peak_memory_kind=kind)
         info["samples_dir"] = str(out_dir / "samples")
