@@ -74,3 +74,15 @@ def mask_source(spec: Any, n: int | None, spatial: list[int], data_cfg: Any = No
     idx = np.arange(k) % len(items)
     return items[idx], {"source": str(Path(str(spec)).resolve()), "files": [names[i] for i in idx],
                         "with_lesion": int((items[idx].reshape(k, -1).sum(1) > 0).sum())}
+
+
+def paired_masks(folder: Path, spatial: list[int], n: int) -> np.ndarray:
+    """The mask_*.nii.gz / mask_*.png files generate.py wrote beside n samples, as (n, 1, *S)."""
+    files = sorted(p for p in Path(folder).iterdir() if p.name.startswith("mask_") and is_image(p))
+    if len(files) != n:
+        raise SynthError(f"{folder} holds {n} samples but {len(files)} mask_* files: pass a folder generate.py wrote for a mask-conditioned run")
+    items = []
+    for f in files:
+        vol = read_image(f)
+        items.append(_as_item(vol.array[0], spatial, f.name))
+    return np.stack(items)
