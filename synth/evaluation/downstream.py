@@ -169,5 +169,5 @@ def section(d: dict) -> list[str]:
     n = next(iter(d["arms"].values()))
     lines += ["", f"Dice is per test image with a lesion ({n['n_test_lesion']} images; {n['n_test_healthy']} lesion-free ones give the "
               f"false-positive rate). Real above noise with separated intervals: {'yes' if d['real_above_noise'] else 'no'}; "
-              f"synthetic above noise: {'yes' if d['synthetic_above_noise'] else 'no'}."]
+              f"synthetic above noise: {'yes' if d['synthetic_above_noise'] else 'no'}.", ""]
     return lines
