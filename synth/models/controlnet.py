@@ -72,6 +72,8 @@ class ControlNetModule(DiffusionModule):
             if kwargs.get(key) is None and base_cfg.model.get(key) is not None:
                 kwargs[key] = OmegaConf.to_container(base_cfg.model[key]) if OmegaConf.is_config(base_cfg.model[key]) else base_cfg.model[key]
         super().__init__(net=net, scheduler=scheduler, ema_decay=0.0, **kwargs)
+        if self.compile_mode != "none":
+            raise SynthError(f"model.compile={kwargs.get('compile')} is not supported by model=controlnet (two networks per step): set model.compile=false")
         self.net.load_state_dict((base.ema.module if base.ema is not None else base.net).state_dict())
         self.net.requires_grad_(False).eval()
         cn = OmegaConf.to_container(controlnet, resolve=True) if OmegaConf.is_config(controlnet) else dict(controlnet)
