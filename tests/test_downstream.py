@@ -4,6 +4,7 @@ experiment: a ControlNet's lesions follow their masks, and real-trained beats no
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,14 +148,14 @@ def test_downstream_ranks_real_above_noise_and_reports_the_arms(experiment, tmp_
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=[f"run_dir={experiment[1]}", "downstream=segmentation", f"+output_dir={tmp_path / 'out'}"])
     m = evaluate(cfg)
-    d = json.loads((tmp_path / "out" / "metrics.json").read_text())["downstream"]
+    out = Path(m["out_dir"])  # (Hydra's run dir when one is set, as under evaluate.py)
+    d = json.loads((out / "metrics.json").read_text())["downstream"]
     assert d == json.loads(json.dumps(m["downstream"])) and d["mask_source"]["source"] == "train"
     real, noise = d["arms"]["real"], d["arms"]["noise"]
     assert d["real_above_noise"] and real["dice_ci"][0] > noise["dice_ci"][1], d["arms"]
-    report = (tmp_path / "out" / "report.md").read_text()
+    report = (out / "report.md").read_text()
     assert "## Does synthetic data help?" in report and all(f"| {arm} |" in report for arm in ARMS)
+    from synth.evaluation.run import evaluate_run
+
     with pytest.raises(SynthError, match="draws no images for masks"):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose(config_name="evaluate", overrides=[f"run_dir={experiment[0]}", "downstream=segmentation", f"+output_dir={tmp_path / 'out2'}"])
-        evaluate(cfg)
+        evaluate_run(experiment[0], out_dir=tmp_path / "out2", downstream={"task": "segmentation"})
