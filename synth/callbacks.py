@@ -38,7 +38,10 @@ class SampleGrid(L.Callback):
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         kind = "step"
         with torch.no_grad():
-            if pl_module.can_sample:
+            if getattr(pl_module, "mask_conditioned", False):  # images for validation masks (as many as there are, up to n)
+                masks = trainer.datamodule.mask_items("val", self.n).to(pl_module.device)
+                images = pl_module.sample(len(masks), condition=masks, generator=g, progress=False)
+            elif pl_module.can_sample:
                 labels = torch.arange(self.n) % pl_module.num_classes if pl_module.conditional else None  # classes in turn
                 images = pl_module.sample(self.n, condition=None if labels is None else labels.tolist(), generator=g, progress=False)
             else:  # generates only through another model: show what it reconstructs

@@ -1,6 +1,8 @@
 """Turning a trained module into files: batched sampling with a progress bar, one NIfTI (or PNG for RGB
 data) per sample with the data's geometry, a grid PNG, and samples.json with the cost of generation and the sampler
-actually used, defaults resolved (name, steps, eta, guidance, ema, seed; null for families without a sampler)."""
+actually used, defaults resolved (name, steps, eta, guidance, ema, seed; null for families without a sampler).
+Mask-conditioned models take `condition` = masks (n, 1, *S): each sample is written with its mask beside it
+(mask_XXXXX.nii.gz, same geometry) and samples.json records where the masks came from (`masks`)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +16,7 @@ from tqdm.auto import tqdm
 
 from synth.data.intensity import write_sample_nifti
 from synth.errors import SynthError
-from synth.io import affine_from_meta, is_rgb, is_volume_axes, save_grid, save_png
+from synth.io import affine_from_meta, is_rgb, is_volume_axes, save_grid, save_nifti, save_png
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -33,6 +35,7 @@ def write_samples(
     seed: int = 0,
     condition: Any = None,
     grid: bool = True,
+    masks_info: dict | None = None,  # mask-conditioned: where the masks (condition) came from, for samples.json
     **sampler: Any,               # sampler/steps/guidance/eta for diffusion; ignored by other families
 ) -> dict:
     out_dir = Path(out_dir)
@@ -41,6 +44,11 @@ def write_samples(
     if n < 1 or batch_size < 1:
         raise SynthError(f"n={n} and batch_size={batch_size} must both be >= 1")
     sampler = {k: v for k, v in sampler.items() if v is not None}
+    paired = getattr(model, "mask_conditioned", False)
+    if paired and condition is not None:
+        condition = np.asarray(condition.cpu() if isinstance(condition, torch.Tensor) else condition, dtype=np.float32)
+        if len(condition) != n:
+            raise SynthError(f"{len(condition)} masks for n={n} samples: give exactly n masks")
     if isinstance(condition, (list, tuple)) and len(condition) != n:
         raise SynthError(f"condition lists {len(condition)} labels for n={n} samples: give one label, or exactly n")
     model.check_sampling(condition, **sampler)
@@ -61,7 +69,7 @@ def write_samples(
         for b, first in enumerate(range(0, n, batch_size)):
             m = min(batch_size, n - first)
             g = torch.Generator(device=device).manual_seed(seed + b)
-            cond = condition[first:first + m] if isinstance(condition, (list, tuple)) else condition
+            cond = condition[first:first + m] if isinstance(condition, (list, tuple, np.ndarray)) else condition
             images = model.sample(m, condition=cond, generator=g, progress=steps > 1, **sampler).float()
             if not torch.isfinite(images).all():  # never NaN/inf images as samples: the partial set is removed too
                 for path in written:
@@ -72,6 +80,9 @@ def write_samples(
             for i, img in enumerate(images):
                 name = f"sample_{first + i:05d}"
                 written.append(save_png(img, out_dir / f"{name}.png") if as_png else write_sample_nifti(img, out_dir / f"{name}.nii.gz", affine, meta))
+                if paired:  # the mask this sample was drawn for, on the same grid
+                    mask, mname = cond[i], f"mask_{first + i:05d}"
+                    written.append(save_png(mask * 2 - 1, out_dir / f"{mname}.png") if as_png else save_nifti(mask, out_dir / f"{mname}.nii.gz", affine))
             if len(shown) < 64:
                 shown.extend(images[: 64 - len(shown)])
             bar.update(m)
@@ -86,7 +97,8 @@ def write_samples(
         "seconds_per_sample": round(seconds / n, 4),
         "sampler": None if settings is None else {**settings, "seed": seed},  # batch b draws with seed + b
         "seed": seed,
-        "condition": condition,
+        "condition": "masks" if paired else condition,
+        "masks": masks_info if paired else None,
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "files": [p.name for p in written],
     }

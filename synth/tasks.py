@@ -186,11 +186,20 @@ def generate(cfg: DictConfig) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.output_dir)
     validate(cfg, "generate", key=str(out_dir))
     run_dir = runs.resolve_run_dir(cfg.run_dir, OmegaConf.select(cfg, "paths.log_dir"))
-    model, _ = runs.load_run(run_dir, cfg.ckpt)
+    model, train_cfg = runs.load_run(run_dir, cfg.ckpt)
     model.to(pick_device(cfg.device))
     condition = OmegaConf.to_container(cfg.condition) if OmegaConf.is_config(cfg.condition) else cfg.condition
+    masks_info, n = None, int(cfg.n)
+    if getattr(model, "mask_conditioned", False):
+        from synth.data.masks import mask_source
+
+        if condition is not None:
+            raise SynthError(f"condition={condition}: this {model.name} model draws images for masks, not classes: pass masks=train or masks=<folder|file>")
+        condition, masks_info = mask_source(cfg.get("masks"), n, list(model.image_shape[1:]), train_cfg.data, seed=int(cfg.seed))
+    elif cfg.get("masks") is not None:
+        raise SynthError(f"masks={cfg.masks}: this {model.name} model is not mask-conditioned; drop masks= (train model=controlnet for that)")
     info = write_samples(
-        model, out_dir, n=int(cfg.n), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
+        model, out_dir, n=n, batch_size=int(cfg.batch_size), seed=int(cfg.seed), masks_info=masks_info,
         condition=condition, grid=bool(cfg.grid), sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance, eta=cfg.get("eta"),
     )
     log.info(f"{info['n']} samples ({info['seconds_per_sample']:.3f} s/sample on {info['device']}) in {out_dir}")

@@ -98,7 +98,7 @@ def folder_data(root: Path, channels: int = 1, extra=()) -> list[str]:
 def test_unknown_config_group_option_lists_the_valid_ones(tmp_path):
     line = cli_error(run_script("train.py", ["model=ddpmm"], cwd=tmp_path))
     assert "model=ddpmm is not an option of the model config group" in line and "did you mean model=ddpm?" in line
-    assert "ae, dcgan, ddpm, ldm, rflow, stylegan2, vae, vqvae, wgan_gp" in line
+    assert "ae, controlnet, dcgan, ddpm, ldm, rflow, stylegan2, vae, vqvae, wgan_gp" in line
     assert not (tmp_path / "outputs").exists(), "refused before Hydra made a run dir"
 
 

@@ -17,14 +17,15 @@ from synth.data.sources import Source
 from synth.data.transforms import Augment, Preprocess, Processed
 
 INFO = ("spacing", "thickness", "channel_names", "origin", "source_format", "notes", "affine", "index")
-ARRAYS = ("seg_labels", "seg")
+ARRAYS = ("seg_labels", "seg", "masks")
 
 
 class ItemDataset(Dataset):
     """Cached items of one split (picklable: numpy arrays + torchio transforms)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: list[str], augment: Augment | None = None):
-        self.images, self.labels, self.ids, self.augment = images, labels, ids, augment
+    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: list[str], augment: Augment | None = None,
+                 masks: np.ndarray | None = None):  # data.masks=true: uint8 (N, 1, *S), served as batch["mask"]
+        self.images, self.labels, self.ids, self.augment, self.masks = images, labels, ids, augment, masks
 
     def __len__(self) -> int:
         return len(self.images)
@@ -33,7 +34,10 @@ class ItemDataset(Dataset):
         image = torch.from_numpy(np.array(self.images[i], dtype=np.float32))
         if self.augment is not None:
             image = self.augment(image)
-        return {"image": image, "label": torch.tensor(int(self.labels[i]), dtype=torch.long), "subject_id": self.ids[i]}
+        out = {"image": image, "label": torch.tensor(int(self.labels[i]), dtype=torch.long), "subject_id": self.ids[i]}
+        if self.masks is not None:
+            out["mask"] = torch.from_numpy(np.array(self.masks[i], dtype=np.float32))
+        return out
 
 
 class LazyDataset(Dataset):
@@ -47,12 +51,15 @@ class LazyDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s = self.subjects[i]
-        items = self.preprocess(self.source.load(s), s.id).items
-        image = torch.from_numpy(items[0])
+        p = self.preprocess(self.source.load(s), s.id)
+        image = torch.from_numpy(p.items[0])
         if self.augment is not None:
             image = self.augment(image)
         label = -1 if s.label is None else int(s.label)
-        return {"image": image, "label": torch.tensor(label, dtype=torch.long), "subject_id": s.id}
+        out = {"image": image, "label": torch.tensor(label, dtype=torch.long), "subject_id": s.id}
+        if p.masks is not None:
+            out["mask"] = torch.from_numpy(p.masks[0].astype(np.float32))
+        return out
 
 
 def stamp(subject: Subject) -> list:

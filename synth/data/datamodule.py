@@ -1,5 +1,5 @@
 """SynthDataModule: subject-level split, one-time decode + preprocess into an in-memory (optionally disk)
-cache, dataloaders of `{"image", "label", "subject_id"}` batches, and `meta` (geometry, intensity, channels,
+cache, dataloaders of `{"image", "label", "subject_id"}` batches (+ `"mask"`, the item's lesion mask, with `masks=True`), and `meta` (geometry, intensity, channels,
 counts) that travels with every checkpoint into the written samples.
 
 At setup it resolves what `auto` means for these files (synth.data.intensity: the intensity preset from the file
@@ -32,7 +32,7 @@ from synth.data.transforms import Augment, Preprocess, Processed
 from synth.errors import SynthError
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 3  # 3: intensity presets, resampling, block volumes
+CACHE_VERSION = 4  # 3: intensity presets, resampling, block volumes; 4: masks
 NOT_SET = "<not set>"  # data.root / data.csv_path not passed at all (a source built in Python)
 
 
@@ -74,6 +74,7 @@ class SynthDataModule(L.LightningDataModule):
         cache_dir=None,
         root=NOT_SET,  # where the data lives (brats, folder); the source reads it via ${data.root}
         csv_path=NOT_SET,  # the data list (csv); the source reads it via ${data.csv_path}
+        masks: bool = False,  # serve each item's lesion mask (seg > 0, same geometry) as batch["mask"] (mask-conditioned models)
     ):
         super().__init__()
         self.source = source
@@ -99,8 +100,11 @@ class SynthDataModule(L.LightningDataModule):
         fixed = None if self.intensity_spec == "auto" else _intensity.preset(self.intensity_spec)
         self.spacing = geometry.parse_spacing(_plain(spacing), self.spatial_dims)
         self.blocks = block_settings(_plain(blocks))
-        self.preprocess = Preprocess(self.spatial_dims, self.image_size, resize, fixed, None, slice_range, int(slice_step))
+        self.masks = bool(masks)
+        self.preprocess = Preprocess(self.spatial_dims, self.image_size, resize, fixed, None, slice_range, int(slice_step), self.masks)
         self.augment = Augment(self._instantiate(augment))
+        if self.masks and self.augment.transform is not None:
+            raise SynthError("data.augment with data.masks=true would move images without their masks: drop data.augment (data.augment=[])")
         self.n_decoded = 0  # source.load calls made by this DataModule (cache hits do not count)
         self.datasets: dict[str, Dataset] = {}
         self.subjects: dict[str, list[Subject]] = {}
@@ -235,18 +239,23 @@ class SynthDataModule(L.LightningDataModule):
         bar = tqdm(total=len(subjects), desc=f"loading {self.name}", disable=not sys.stderr.isatty(), leave=False)
         notes: dict[str, list] = {}
         for split in SPLITS:
-            items, labels, item_ids = [], [], []
+            items, labels, item_ids, masks = [], [], [], []
             for s in self.subjects[split]:
                 p = self._process(s)
                 self._info = self._info or p
                 for kind, message in p.notes or []:
                     notes.setdefault(kind, [message, 0])[1] += 1
                 items.append(p.items)
+                if self.masks:
+                    masks.append(p.masks)
                 labels += self._item_labels(s, p)
                 item_ids += [s.id] * len(p.items)
                 bar.update()
             images = np.concatenate(items) if items else np.zeros((0, self.channels, *self.image_size), np.float32)
-            self.datasets[split] = ItemDataset(images, np.asarray(labels, np.int64), item_ids, augment if split == "train" else None)
+            mask_arr = None
+            if self.masks:
+                mask_arr = np.concatenate(masks) if masks else np.zeros((0, 1, *self.image_size), np.uint8)
+            self.datasets[split] = ItemDataset(images, np.asarray(labels, np.int64), item_ids, augment if split == "train" else None, mask_arr)
         bar.close()
         for message, count in notes.values():
             log.warning("%s%s", message, f" (and {count - 1} more subject(s) alike)" if count > 1 else "")
@@ -309,6 +318,17 @@ class SynthDataModule(L.LightningDataModule):
         plain = LazyDataset(ds.source, ds.subjects, ds.preprocess)
         return torch.stack([plain[i]["image"] for i in range(count)]) if count else torch.zeros(0, self.channels, *self.image_size)
 
+    def mask_items(self, split: str = "train", n: int | None = None) -> torch.Tensor:
+        """The first n masks of a split (n, 1, *S) in {0, 1}, paired with `images(split, n)`; needs data.masks=true."""
+        self.setup()
+        if not self.masks:
+            raise SynthError(f"data {self.name} serves no masks: set data.masks=true")
+        ds = self.datasets[split]
+        count = len(ds) if n is None else min(int(n), len(ds))
+        if isinstance(ds, ItemDataset):
+            return torch.from_numpy(np.array(ds.masks[:count], dtype=np.float32))
+        return torch.stack([ds[i]["mask"] for i in range(count)]) if count else torch.zeros(0, 1, *self.image_size)
+
     def train_images(self, n: int | None = None) -> torch.Tensor:
         return self.images("train", n)
 
@@ -343,6 +363,7 @@ class SynthDataModule(L.LightningDataModule):
             "intensity_range": [-1.0, 1.0],
             "source_format": info.source_format,
             "location": self.location,
+            "masks": self.masks,
         }
         if self.source.class_names:
             out["class_names"] = list(self.source.class_names)

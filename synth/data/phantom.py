@@ -60,6 +60,7 @@ def make_phantom(
     lesion: bool | None = None,  # None: draw with lesion_prob
     lesion_prob: float = 0.5,
     noise: float = 0.02,
+    lesion_radius: tuple[float, float] = (0.08, 0.16),  # range of the lesion radius, in half fields of view
 ) -> dict:
     """One brain-like subject at `shape` ((X,Y) axial slice or (X,Y,Z) volume, RAS axis order).
 
@@ -102,7 +103,7 @@ def make_phantom(
             wm = np.argwhere(tissue >= GREY)
         centre_idx = wm[rng.integers(len(wm))]
         centre = [float(np.broadcast_to(c, full)[tuple(centre_idx)]) for c in xyz]
-        radius = rng.uniform(0.08, 0.16)
+        radius = rng.uniform(*lesion_radius)
         lesion_r = _radius(xyz, centre, (radius,) * 3).astype(np.float32)
         lesion_r = np.broadcast_to(lesion_r, full).copy()
         tissue[(lesion_r < 1.0) & (tissue >= GREY)] = LESION

@@ -112,7 +112,8 @@ class MNI152(Source):
 class Phantom(Source):
     """Procedural brain-like subjects (see synth.data.phantom), generated directly at `shape`.
 
-    label = 1 when the subject has a lesion (mask in Volume.seg), else 0; deterministic by `seed`.
+    label = 1 when the subject has a lesion (its mask in Volume.seg: data.masks=true serves it per item), else 0;
+    deterministic by `seed`.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class Phantom(Source):
         n_subjects: int = 48,
         lesion_prob: float = 0.5,
         seed: int = 42,
+        lesion_radius=(0.08, 0.16),  # range of lesion radii, in half fields of view (larger: easier to learn)
     ):
         self.shape = tuple(int(s) for s in shape)
         self.spatial_dims = int(spatial_dims)
@@ -130,6 +132,9 @@ class Phantom(Source):
         self.n_subjects = int(n_subjects)
         self.lesion_prob = float(lesion_prob)
         self.seed = int(seed)
+        self.lesion_radius = [float(r) for r in lesion_radius]
+        if len(self.lesion_radius) != 2 or not 0 < self.lesion_radius[0] <= self.lesion_radius[1] < 1:
+            raise SynthError(f"phantom lesion_radius={list(lesion_radius)} must be [lo, hi] with 0 < lo <= hi < 1 (half fields of view): e.g. [0.08,0.16]")
         if len(self.shape) != self.spatial_dims:
             raise SynthError(f"phantom shape {list(self.shape)} does not have spatial_dims={spatial_dims} sizes: set data.image_size to {spatial_dims} numbers")
         if not 1 <= self.channels <= len(_phantom.CONTRASTS):
@@ -146,7 +151,8 @@ class Phantom(Source):
 
     def load(self, subject: Subject) -> Volume:
         i = subject.extra["index"]
-        p = _phantom.make_phantom(self.shape, self.channels, seed=self.seed * 100_003 + i, lesion=subject.extra["lesion"])
+        p = _phantom.make_phantom(self.shape, self.channels, seed=self.seed * 100_003 + i, lesion=subject.extra["lesion"],
+                                   lesion_radius=tuple(self.lesion_radius))
         return Volume(p["image"], _phantom.phantom_spacing(self.shape), p["channel_names"], seg=p["seg"])
 
 

@@ -110,7 +110,10 @@ def block_items(p: Processed, subject: Subject) -> Processed:
     if "items" in subject.extra:
         a, e = subject.extra["items"]
         labels = None if p.seg_labels is None else p.seg_labels[a:e]
-        return replace(p, items=p.items[a:e], seg_labels=labels, index=None, seg=None, notes=None)
+        masks = None if p.masks is None else p.masks[a:e]
+        return replace(p, items=p.items[a:e], seg_labels=labels, index=None, seg=None, notes=None, masks=masks)
     box = tuple(slice(a, b) for a, b in subject.extra["box"])
     labels = None if p.seg is None else np.array([int((p.seg[box] > 0).any())], dtype=np.int64)
-    return replace(p, items=np.ascontiguousarray(p.items[0][(slice(None), *box)][None]), seg_labels=labels, index=None, seg=None, notes=None)
+    masks = None if p.seg is None else (p.seg[box] > 0).astype(np.uint8)[None, None]
+    return replace(p, items=np.ascontiguousarray(p.items[0][(slice(None), *box)][None]), seg_labels=labels, index=None, seg=None,
+                   notes=None, masks=masks)

@@ -33,6 +33,7 @@ class Processed:
     affine: list | None = None  # voxel -> world (mm) of the volume the items were cut from (resampled grid), if known
     index: list[int] | None = None  # 2D from 3D: the slice (last-axis) index of each item in that volume
     seg: np.ndarray | None = None  # whole=True in 3D: the segmentation on the volume's grid (per-block labels)
+    masks: np.ndarray | None = None  # data.masks=true: uint8 (N, 1, *image_size) lesion masks (seg > 0) of the items
 
 
 def slice_index(array: np.ndarray, slice_range, step: int, use_all: bool = False) -> np.ndarray:
@@ -68,7 +69,7 @@ class Preprocess:
     resolves `auto` from the files)."""
 
     def __init__(self, spatial_dims: int, image_size, resize: str, intensity: Intensity | None, grid: Grid | None,
-                 slice_range, slice_step: int):
+                 slice_range, slice_step: int, masks: bool = False):
         self.spatial_dims = spatial_dims
         self.image_size = [int(s) for s in image_size]
         self.resize = resize
@@ -76,6 +77,7 @@ class Preprocess:
         self.grid = grid
         self.slice_range = [float(v) for v in slice_range]
         self.slice_step = int(slice_step)
+        self.masks = bool(masks)  # also cut each item's mask (seg > 0) with the same geometry
 
     def config(self) -> dict:
         out = {k: v for k, v in vars(self).items() if k not in ("intensity", "grid")}
@@ -100,6 +102,28 @@ class Preprocess:
             t = Resize(size, mode=mode, **({} if down else {"align_corners": False}))
         out = t(torch.from_numpy(item))
         return np.clip(np.asarray(out.as_tensor() if hasattr(out, "as_tensor") else out, dtype=np.float32), -1.0, 1.0)
+
+    def fit_mask(self, mask: np.ndarray) -> np.ndarray:
+        """One mask (1, *S) -> (1, *image_size) as its image went (nearest neighbour; padding is background)."""
+        from monai.transforms import Resize, ResizeWithPadOrCrop
+
+        if list(mask.shape[1:]) == self.image_size:
+            return mask
+        t = ResizeWithPadOrCrop(self.image_size, mode="constant", value=0) if self.resize == "crop_pad" else Resize(self.image_size, mode="nearest")
+        out = t(torch.from_numpy(mask.astype(np.float32)))
+        return (np.asarray(out.as_tensor() if hasattr(out, "as_tensor") else out) > 0.5).astype(np.uint8)
+
+    def _check_mask(self, seg, arr: np.ndarray, name: str):
+        """The segmentation, or None when it cannot serve (no file, other grid); with data.masks=true that is refused."""
+        if seg is not None and tuple(seg.shape) != tuple(arr.shape[1:]):
+            if self.masks:
+                raise SynthError(f"subject {name}: its mask has shape {list(seg.shape)} but its image {list(arr.shape[1:])}: "
+                                 "give a mask on the image's grid, or set data.masks=false")
+            return None
+        if seg is None and self.masks:
+            raise SynthError(f"subject {name} has no mask but data.masks=true: add its mask file (BraTS seg, the CSV mask column, "
+                             "data.source.mask_dir) or set data.masks=false")
+        return seg
 
     def _resample(self, arr: np.ndarray, seg, affine: np.ndarray, whole: bool):
         """Onto the target grid: 3D image_size around the foreground (whole: the volume's full extent); 2D: image_size
@@ -133,7 +157,7 @@ class Preprocess:
         notes = value_notes(self.intensity, arr, name)
         arr = self.intensity.forward(arr, name)
         spacing = [float(s) for s in vol.spacing][:spatial]
-        seg = None if vol.seg is None else np.asarray(vol.seg)
+        seg = self._check_mask(None if vol.seg is None else np.asarray(vol.seg), arr, name)
         resampled = self.grid is not None and vol.affine is not None and spatial == 3
         affine = None if vol.affine is None else np.asarray(vol.affine)
         if resampled:
@@ -147,18 +171,22 @@ class Preprocess:
             index = [int(i) for i in idx]
             items = np.ascontiguousarray(np.moveaxis(arr[..., idx], -1, 0))
             seg_labels = None if seg is None else (seg[..., idx] > 0).any(axis=(0, 1)).astype(np.int64)
+            masks = None if not self.masks else np.ascontiguousarray(np.moveaxis(seg[..., idx] > 0, -1, 0)[:, None]).astype(np.uint8)
         else:
             items = arr[None]
             seg_labels = None if seg is None else np.array([int((seg > 0).any())], dtype=np.int64)
+            masks = None if not self.masks else (seg > 0).astype(np.uint8)[None, None]
         if not resampled and not (whole and self.spatial_dims == 3):
             in_shape = items.shape[2:]
             items = np.stack([self.fit(it, name) for it in items]).astype(np.float32, copy=False)
+            masks = None if masks is None else np.stack([self.fit_mask(m) for m in masks])
             if self.resize == "resize":
                 spacing = [s * n / o for s, n, o in zip(spacing, in_shape, self.image_size)]
         origin = [float(o) for o in (vol.origin or (0.0, 0.0, 0.0))]
         keep_seg = seg if (whole and self.spatial_dims == 3 and seg is not None) else None
         return Processed(items, spacing, thickness, list(vol.channel_names), (origin + [0.0] * 3)[:3], vol.source_format, seg_labels,
-                         notes, None if affine is None else np.asarray(affine).tolist(), index, keep_seg)
+                         notes, None if affine is None else np.asarray(affine).tolist(), index, keep_seg,
+                         None if keep_seg is not None else masks)
 
 
 class Augment:

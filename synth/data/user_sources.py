@@ -77,23 +77,24 @@ class BraTS(Source):
         vol = _stack(subject, list(self.modalities))
         if subject.extra.get("seg") is not None:
             seg = read_nifti(subject.extra["seg"])[0][0]
-            vol.seg = seg.astype(np.int64) if seg.shape == vol.array.shape[1:] else None
+            vol.seg = seg.astype(np.int64)  # another grid than the image: Preprocess drops it (data.masks=true: refused)
         return vol
 
 
 class CSVList(Source):
     """GaNDLF-style data list: columns SubjectID, Channel_0..Channel_N (paths absolute or relative to
     the CSV's folder), optional class column `label_column` (default Label; ints kept; strings mapped to
-    sorted class indices). LabelMap/Mask
-    columns are ignored. Each Channel_ column is one channel, except that a single column may hold
+    sorted class indices) and optional mask column `mask_column` (default Mask: a label map per row on the
+    image's grid, read as its lesion mask; served with data.masks=true). Each Channel_ column is one channel, except that a single column may hold
     multi-channel files (e.g. RGB); the DataModule checks the decoded channel count."""
 
     def __init__(self, csv: str | Path | None = None, channels: int = 1, label_column: str | None = "Label",
-                 subject_column: str | None = None):
+                 subject_column: str | None = None, mask_column: str | None = "Mask"):
         self.csv = _location(csv, "csv_path", "data=csv data.csv_path=/data/list.csv")
         self.channels = int(channels)
         self.label_column = None if label_column in (None, "") else str(label_column)
         self.subject_column = None if subject_column in (None, "") else str(subject_column)
+        self.mask_column = None if mask_column in (None, "") else str(mask_column)
 
     def subjects(self) -> list[Subject]:
         import pandas as pd
@@ -151,7 +152,14 @@ class CSVList(Source):
                 if not p.is_file():
                     raise SynthError(f"{self.csv} row {i + 2} (SubjectID {r['SubjectID']}) {c}: file {p} does not exist: fix the path in the CSV")
                 paths.append(p)
-            out.append(Subject(ids[i], None if labels is None else labels[i], paths, {"row": i + 2},
+            extra = {"row": i + 2}
+            if self.mask_column is not None and self.mask_column in df.columns and str(r[self.mask_column]).strip():
+                m = Path(str(r[self.mask_column]).strip()).expanduser()
+                extra["mask"] = m if m.is_absolute() else base / m
+                if not extra["mask"].is_file():
+                    raise SynthError(f"{self.csv} row {i + 2} (SubjectID {r['SubjectID']}) {self.mask_column}: mask file {extra['mask']} "
+                                     "does not exist: fix the path in the CSV")
+            out.append(Subject(ids[i], None if labels is None else labels[i], paths, extra,
                                group=None if self.subject_column is None else groups[i]))
         return out
 
@@ -159,6 +167,8 @@ class CSVList(Source):
         vol = _stack(subject)
         if len(subject.paths) > 1:
             vol.channel_names = [f"Channel_{i}" for i in range(len(subject.paths))]
+        if subject.extra.get("mask") is not None:
+            vol.seg = read_mask(subject.extra["mask"])
         return vol
 
 
@@ -168,15 +178,19 @@ class Folder(Source):
     name is its class (sorted class names -> 0..K-1). Tiles or patches of one slide / patient share a subject key,
     so that they land in one split: `subject_regex` (searched in the file's path below root; its first group, or
     the whole match, is the key) or `subject_folder` (the folder level below root that names the subject, 1 = the
-    first). Sub-folders are searched when any of these needs them (or with `recursive`)."""
+    first). Sub-folders are searched when any of these needs them (or with `recursive`). With `mask_dir`, each image's
+    lesion mask is the file of the same relative path there (served with data.masks=true)."""
 
     def __init__(self, root: str | Path | None = None, recursive: bool = False, label_from_subdir: bool = False,
-                 subject_regex: str | None = None, subject_folder: int | None = None):
+                 subject_regex: str | None = None, subject_folder: int | None = None, mask_dir: str | Path | None = None):
         self.root = _location(root, "root", "data=folder data.root=/data/images")
         self.recursive = bool(recursive)
         self.label_from_subdir = bool(label_from_subdir)
         self.subject_regex = None if subject_regex in (None, "") else str(subject_regex)
         self.subject_folder = None if subject_folder is None else int(subject_folder)
+        self.mask_dir = None if mask_dir in (None, "") else Path(str(mask_dir)).expanduser()
+        if self.mask_dir is not None and not self.mask_dir.is_dir():
+            raise SynthError(f"data.source.mask_dir={mask_dir} is not a folder: point it at the folder of mask files (same names as the images)")
         if self.subject_regex is not None and self.subject_folder is not None:
             raise SynthError("data.source.subject_regex and data.source.subject_folder are both set: the subject key comes from one of them")
         if self.subject_folder is not None and self.subject_folder < 1:
@@ -227,13 +241,29 @@ class Folder(Source):
         ids = [stem(p) for p in files]
         if len(set(ids)) < len(ids):  # same stem in different folders: use the relative path
             ids = [str(p.relative_to(self.root).parent / stem(p)).replace("/", "_") for p in files]
-        return [
-            Subject(i, self.class_names.index(p.parent.name) if self.label_from_subdir else None, [p], {"header": h}, group=self.subject_key(p))
-            for i, p, h in zip(ids, files, headers)
-        ]
+        out = []
+        for i, p, h in zip(ids, files, headers):
+            extra = {"header": h}
+            if self.mask_dir is not None:
+                extra["mask"] = self.mask_dir / p.relative_to(self.root)
+                if not extra["mask"].is_file():
+                    raise SynthError(f"image {p} has no mask {extra['mask']} in data.source.mask_dir: add it (same relative path and name)")
+            out.append(Subject(i, self.class_names.index(p.parent.name) if self.label_from_subdir else None, [p], extra, group=self.subject_key(p)))
+        return out
 
     def load(self, subject: Subject) -> Volume:
-        return read_image(subject.paths[0])
+        vol = read_image(subject.paths[0])
+        if subject.extra.get("mask") is not None:
+            vol.seg = read_mask(subject.extra["mask"])
+        return vol
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A label map (NIfTI, canonical RAS like the images, or PNG/TIFF) as int64 (*S); one channel only."""
+    arr = read_image(Path(path)).array
+    if arr.shape[0] != 1:
+        raise SynthError(f"mask {path} has {arr.shape[0]} channels: a mask is one label map (0 = background)")
+    return np.rint(arr[0]).astype(np.int64)
 
 
 def _location(value, key: str, usage: str) -> Path:

@@ -74,6 +74,7 @@ def evaluate_run(
     pairs: int = 8,
     n_boot: int = 500,
     log_dir: str | Path | None = None,  # where `run_dir=latest` looks (paths.log_dir; default $PROJECT_ROOT/outputs)
+    downstream: dict | None = None,  # conf/downstream/segmentation.yaml: also train/test a segmenter on real / synthetic pairs
     **sampler: Any,               # sampler / steps / guidance for diffusion models
 ) -> dict:
     """Sample a trained run (or read its samples) and evaluate against its own test split; returns the
@@ -97,10 +98,20 @@ def evaluate_run(
     cost = {"seconds_per_sample": None, "batch_size": None, "device": str(dev), "parameters": int(model.n_parameters),
             "peak_memory_mb": None, "peak_memory_kind": None, "train_seconds": run_info.get("train_seconds")}
     splits = reference.splits_from_datamodule(dm)
-    images, labels = None, None
+    images, labels, masks = None, None, None
+    if downstream is not None:
+        if not getattr(model, "mask_conditioned", False):
+            raise SynthError(f"downstream=segmentation trains on synthetic (image, mask) pairs, but this {model.name} run draws no images for "
+                             "masks: evaluate a model=controlnet run (or drop downstream=)")
+        if n is None:
+            n = int(downstream.get("n_synthetic") or len(dm.datasets["train"]))
     if samples is not None:
         images, sample_info = read_samples(Path(samples), shape, meta=dm.meta)
         info["samples_dir"] = str(Path(samples).resolve())
+        if downstream is not None:
+            from synth.data.masks import paired_masks
+
+            masks, masks_info = paired_masks(Path(samples), list(shape[1:]), len(images)), (sample_info or {}).get("masks") or {"source": str(samples)}
         labels = _sample_labels(sample_info, len(images))
         if sample_info:
             cost = _cost_from(sample_info, cost)
@@ -109,17 +120,30 @@ def evaluate_run(
         sets = reference.real_sets(splits, n, max_images, seed)
         n = int(n or sets.m)
         condition = reference.sample_conditions(sets, n) if model.conditional else None
+        masks_info = None
+        if getattr(model, "mask_conditioned", False):  # images for masks of the training split (never the test masks)
+            from synth.data.masks import training_masks
+
+            condition, masks_info = training_masks(train_cfg.data, n, seed)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        sample_info = write_samples(model, out_dir / "samples", n=n, batch_size=int(batch_size), seed=seed, condition=condition, **sampler)
+        sample_info = write_samples(model, out_dir / "samples", n=n, batch_size=int(batch_size), seed=seed, condition=condition,
+                                    masks_info=masks_info, **sampler)
         images, _ = read_samples(out_dir / "samples", shape, meta=dm.meta)
-        labels = None if condition is None else np.asarray(condition, dtype=np.int64)
+        labels = None if condition is None or masks_info is not None else np.asarray(condition, dtype=np.int64)
+        masks = condition if masks_info is not None else None
         peak, kind = _peak_memory(dev)
         cost.update(seconds_per_sample=sample_info["seconds_per_sample"], batch_size=int(batch_size), peak_memory_mb=peak, peak_memory_kind=kind)
         info["samples_dir"] = str(out_dir / "samples")
         info["sampler"] = sample_info["sampler"]
     else:
         sets = reference.real_sets(splits, None, max_images, seed)
+    if downstream is not None:
+        from synth.evaluation.downstream import segmentation
+
+        info["downstream"] = segmentation((dm.images("train"), dm.mask_items("train")), (dm.images("test"), dm.mask_items("test")),
+                                          (torch.from_numpy(np.asarray(images)), torch.as_tensor(np.asarray(masks))), dict(downstream),
+                                          masks_info, seed=seed, n_boot=n_boot, device=dev)
     return measure(images, labels, sets, out_dir, info, cost, model=model, volume_axes=is_volume_axes(dm.meta),
                    class_names=dm.meta.get("class_names"), seed=seed, foreground_threshold=foreground_threshold,
                    memorization_quantile=memorization_quantile, pairs=pairs, batch_size=int(batch_size), n_boot=n_boot)
@@ -179,8 +203,13 @@ def evaluate(cfg: DictConfig) -> dict:
                   memorization_quantile=float(cfg.memorization.quantile), pairs=int(cfg.memorization.pairs), n_boot=int(cfg.bootstrap))
     if cfg.run_dir is not None:
         sampler = {k: cfg[k] for k in ("sampler", "steps", "guidance", "eta") if cfg.get(k) is not None}
+        ds = cfg.get("downstream") or {}
+        downstream = OmegaConf.to_container(ds, resolve=True) if ds.get("task") not in (None, "none") else None
         metrics = evaluate_run(cfg.run_dir, n=cfg.n, batch_size=int(cfg.batch_size), device=str(cfg.device), out_dir=out_dir,
-                               ckpt=str(cfg.ckpt), samples=cfg.samples, log_dir=OmegaConf.select(cfg, "paths.log_dir"), **common, **sampler)
+                               ckpt=str(cfg.ckpt), samples=cfg.samples, log_dir=OmegaConf.select(cfg, "paths.log_dir"),
+                               downstream=downstream, **common, **sampler)
+    elif (cfg.get("downstream") or {}).get("task") not in (None, "none"):
+        raise SynthError("downstream= trains on the synthetic pairs of a mask-conditioned run: pass run_dir=<controlnet run> (with samples=<its samples> to reuse them)")
     else:
         metrics = evaluate_samples(cfg.samples, cfg.data, out_dir, normalize_samples=bool(cfg.normalize_samples), **common)
     log.info(summary_line(metrics) + f"; report: {out_dir / 'report.md'}")

@@ -41,6 +41,7 @@ class GenerativeModule(L.LightningModule):
 
     family: str = "generative"
     can_sample: bool = True  # False: generates only through another model (a VQ-VAE through latent diffusion)
+    mask_conditioned: bool = False  # True: sample(n, condition=masks) draws images for given masks (controlnet)
 
     def __init__(
         self,

@@ -135,21 +135,26 @@ class DiffusionModule(GenerativeModule):
         net = self.net if net is None else net
         x = self._fmt(self.to_diffusion_space(batch["image"]))
         noise = torch.randn_like(x)
-        if self.flow:
-            t = self.scheduler.sample_timesteps(x)
-        else:
-            t = torch.randint(0, self.scheduler.num_train_timesteps, (x.shape[0],), device=x.device)
+        t = self._timesteps(x)
         noisy = self.scheduler.add_noise(original_samples=x, noise=noise, timesteps=t)
         pred = net(noisy, timesteps=t, class_labels=self._labels(batch, drop_labels))
-        if self.prediction_type == "epsilon":  # what the network learns to predict
-            target = noise
-        elif self.prediction_type == "v_prediction":
-            target = self.scheduler.get_velocity(x, noise, t)
-        elif self.prediction_type == "flow":  # rectified flow: the velocity from noise to data
-            target = x - noise
-        else:  # "sample"
-            target = x
-        return F.mse_loss(pred.float(), target.float())
+        return F.mse_loss(pred.float(), self._target(x, noise, t).float())
+
+    def _timesteps(self, x: torch.Tensor) -> torch.Tensor:
+        """Training timesteps, one per item."""
+        if self.flow:
+            return self.scheduler.sample_timesteps(x)
+        return torch.randint(0, self.scheduler.num_train_timesteps, (x.shape[0],), device=x.device)
+
+    def _target(self, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network learns to predict for clean `x` noised with `noise` at `t`."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(x, noise, t)
+        if self.prediction_type == "flow":  # rectified flow: the velocity from noise to data
+            return x - noise
+        return x  # "sample"
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch, drop_labels=True)
