@@ -6,6 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+# One compute thread per process, here and in the scripts the tests start (they inherit the environment): the tests
+# train tiny networks, where a second thread only adds synchronisation, and on a busy 2-core machine 2 threads per
+# process made steps 10-30x slower. Set before torch is imported; an explicit OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -14,6 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import synth  # noqa: F401  (resolvers)
+import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
