@@ -1,5 +1,16 @@
-"""`make bench`: the markdown written to BENCHMARKS.md from a finished Bench."""
+"""`make bench`: the markdown written to BENCHMARKS.md from a finished Bench, followed by the hand-measured
+sections kept in docs/ (`KEPT`: the demo recipes of issue #17), which a re-generation carries over unchanged."""
 from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEPT = [ROOT / "docs" / "demo_recipes.md"]  # measured by hand (minutes of training runs), not by bench.py
+
+
+def kept_sections() -> list[str]:
+    """The text of each KEPT file that exists, each ending with an empty line."""
+    return [p.read_text().rstrip("\n") + "\n" for p in KEPT if p.is_file()]
 
 
 def render(bench) -> str:
@@ -28,4 +39,5 @@ def render(bench) -> str:
               "`benchmarks/gpu.py` (bf16 training images/s for 2D 128² and 3D 64³ DDPM and LDM, peak GPU memory with and without "
               "gradient checkpointing, seconds per 3D sample with DDIM and RFlow) is tested on CPU with `--smoke` only: "
               "**it has not run on a GPU yet.** Run it with `python benchmarks/gpu.py` on a GPU machine.", ""]
+    lines += kept_sections()
     return "\n".join(lines)

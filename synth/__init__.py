@@ -18,6 +18,12 @@ def default_shape(spatial_dims: int, size_2d: int, size_3d: int):
     return OmegaConf.create([int(size_2d)] * 2 if int(spatial_dims) == 2 else [int(size_3d)] * int(spatial_dims))
 
 
+def by_dims(spatial_dims: int, value_2d, value_3d):
+    """`${by_dims:${data.spatial_dims},<2D value>,<3D value>}`: a data setting whose default differs in 2D and 3D."""
+    value = value_2d if int(spatial_dims) == 2 else value_3d
+    return OmegaConf.create(list(value)) if isinstance(value, (list, tuple)) else value
+
+
 def slurm_tasks(devices, accelerator: str = "gpu", gpus: bool = False):
     """SLURM tasks per node (one per device: Lightning reads its rank from SLURM) or, with `gpus`, GPUs per node
     (none for CPU jobs). `devices` must be a count: SLURM allocates before Lightning could look."""
@@ -42,6 +48,7 @@ def resolve_run_dir(run_dir, log_dir=None) -> str:
 OmegaConf.register_new_resolver("slurm_tasks", slurm_tasks, replace=True)
 OmegaConf.register_new_resolver("len", lambda x: len(x), replace=True)
 OmegaConf.register_new_resolver("shape", default_shape, replace=True)
+OmegaConf.register_new_resolver("by_dims", by_dims, replace=True)
 OmegaConf.register_new_resolver("resolve_run_dir", resolve_run_dir, replace=True)
 
 

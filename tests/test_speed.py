@@ -130,6 +130,26 @@ def test_bench_smoke_quick_sections(tmp_path, capsys):
     main(["--smoke", "--only", "data,memory_format", "--out", str(out)])  # in process: the imports are already paid
     text = out.read_text()
     assert "| data |" in text and "channels-last" in text and "## Gaps" in text and "cores" in text
+    assert text.rstrip().endswith((ROOT / "docs" / "demo_recipes.md").read_text().rstrip())  # #17: a re-generation keeps the section
+
+
+def test_demo_recipes_section_is_rendered_from_its_measurements():
+    """#17 item 4: docs/demo_recipes.md (appended to BENCHMARKS.md by every `make bench`) is what
+    benchmarks/demo_recipes.py renders from the measurements in docs/demo_recipes.json, one row per recipe with FRD and
+    its interval, both reference rows and the memorization count; BENCHMARKS.md holds it now."""
+    import json
+
+    from benchmarks import demo_recipes
+
+    rows = json.loads(demo_recipes.JSON.read_text())
+    text = demo_recipes.MD.read_text()
+    assert text == demo_recipes.render(rows) and text.startswith("## Demo recipes")
+    assert len(rows) >= 2 and any("default" in r["recipe"] for r in rows)
+    for r in rows:
+        m = r["metrics"]
+        assert f"{m['frd']:.2f} [{m['frd_ci'][0]:.2f}, {m['frd_ci'][1]:.2f}]" in text and f"{m['mem_above']}/{m['mem_n']}" in text
+        assert m["frd_ci"][0] <= m["frd"] <= m["frd_ci"][1] and m["frd_real"] < m["frd_noise"]
+    assert text.rstrip() in (ROOT / "BENCHMARKS.md").read_text()
 
 
 @pytest.mark.slow

@@ -51,6 +51,22 @@ def test_training_copies_are_flagged(scored):
     assert scored["copies"]["memorization"]["synthetic"]["fraction_above"] == 1.0
 
 
+def test_summary_line_gives_frd_beside_both_rows_and_the_memorization_verdict(scored):
+    """#17 item 2: the one line the demo ends with names FRD with its interval, the real-vs-real row with its
+    interval, the noise row, and says plainly whether the samples copy training images, with the count above the
+    calibrated threshold (the old line gave the verdict label only, so 'no copying' was never said)."""
+    from synth.evaluation import summary_line
+
+    for name, said in (("held_out", "memorization: no copies (0 of 8 samples"), ("copies", "memorization: COPIES training images (8 of 8 samples")):
+        m = scored[name]
+        line = summary_line(m)
+        syn, rr, nz = m["rows"]["synthetic"], m["rows"]["real_vs_real"], m["rows"]["noise_vs_real"]
+        assert "\n" not in line and said in line, line
+        assert f"FRD {syn['frd']:.3f} [{syn['ci']['frd'][0]:.3f}, {syn['ci']['frd'][1]:.3f}]" in line
+        assert f"real-vs-real {rr['frd']:.3f} [{rr['ci']['frd'][0]:.3f}, {rr['ci']['frd'][1]:.3f}], noise {nz['frd']:.3f}" in line
+        assert f"r = {m['memorization']['threshold']:.4f}" in line and line.startswith(f"verdict: {m['verdict']['label']}; ")
+
+
 def test_one_image_repeated_is_collapsed(scored):
     label, reasons = verdict(scored["collapsed"])
     assert label.startswith("collapsed") and "copies" not in label, reasons

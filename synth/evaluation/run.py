@@ -217,10 +217,23 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def summary_line(metrics: dict) -> str:
-    """One line: the verdict, then FRD with its interval beside the two reference rows."""
+    """One line: the verdict; FRD with its interval beside the real-vs-real row (with its interval) and the noise
+    row; the memorization verdict with the count of samples at or above the calibrated copy threshold."""
+    from synth.evaluation.verdicts import copies
+
     syn = metrics["rows"]["synthetic"] or {}
     rr, nz = metrics["rows"]["real_vs_real"], metrics["rows"]["noise_vs_real"]
-    ci = (syn.get("ci") or {}).get("frd")
-    frd = f"FRD {syn.get('frd', float('nan')):.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    def with_ci(row: dict) -> str:
+        ci = (row.get("ci") or {}).get("frd")
+        return f"{row.get('frd', float('nan')):.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
     verdict = (metrics.get("verdict") or {}).get("label", "—")
-    return f"verdict: {verdict}; {frd} (real vs real {rr['frd']:.3f}, noise {nz['frd']:.3f}; test split, {metrics['n_real']} images per set)"
+    line = (f"verdict: {verdict}; FRD {with_ci(syn)} vs real-vs-real {with_ci(rr)}, noise {nz['frd']:.3f} "
+            f"(95 % intervals; test split, {metrics['n_real']} images per set)")
+    mem = metrics.get("memorization")
+    if not mem:
+        return line + "; memorization: not audited"
+    s, cal = mem["synthetic"], mem.get("calibration") or {}
+    return (line + f"; memorization: {'COPIES training images' if copies(mem) else 'no copies'} ({s['n_above']} of {s['n']} samples "
+            f"at or above the calibrated threshold r = {mem['threshold']:.4f}; unseen real images: about {float(cal.get('expected_false_rate', 0)):.0%})")

@@ -28,6 +28,14 @@ def _ci(row: dict, key: str) -> tuple[float, float, float]:
     return v, float(ci[0]), float(ci[1])
 
 
+def copies(mem: dict) -> bool:
+    """Whether the samples copy training images: the share above the calibrated threshold is, with its whole
+    interval, above the share expected of unseen real images."""
+    s = mem["synthetic"]
+    expected = float((mem.get("calibration") or {}).get("expected_false_rate", 0.0))
+    return (s.get("fraction_above_ci") or [s["fraction_above"]] * 2)[0] > expected
+
+
 def _memorization(mem: dict | None, issues: list, reasons: list) -> None:
     if not mem:
         return
@@ -38,7 +46,7 @@ def _memorization(mem: dict | None, issues: list, reasons: list) -> None:
     text = (f"{s['fraction_above']:.0%} of samples at or above the memorization threshold r = {mem['threshold']:.4f} "
             f"(interval {lo:.0%}-{(s.get('fraction_above_ci') or [0, s['fraction_above']])[1]:.0%}; unseen real images: about {expected:.0%}, "
             f"test split {mem['real_held_out']['fraction_above']:.0%})")
-    if lo > expected:
+    if copies(mem):
         issues.append("copies training images")
         reasons.append("copies: " + text)
     else:
