@@ -37,14 +37,17 @@ demo: install  ## train the default model (rectified flow, 2D MNI152 slices, CPU
 	# against the 16 held-out test slices; its last line: verdict, FRD [95 % CI] vs real-vs-real and noise, memorization
 	$(PY) evaluate.py run_dir=latest n=64
 
+# one test process per core (up to 4; each runs one compute thread, tests/conftest.py)
+XDIST ?= -n auto --maxprocesses 4
+
 test: install  ## run the default test suite (under 10 minutes on 2 cores)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(XDIST)
 
 test-slow: install  ## run only the slow end-to-end tests
-	$(PY) -m pytest -q -m slow || test $$? -eq 5  # 5: no slow tests collected
+	$(PY) -m pytest -q -m slow $(XDIST) || test $$? -eq 5  # 5: no slow tests collected
 
 test-all: install  ## run every test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 bench: install  ## speed benchmark (ratios measured side by side; CPU, or the GPU if any): prints the table, writes BENCHMARKS.md (under 10 minutes on 2 cores)
 	$(PY) benchmarks/bench.py
