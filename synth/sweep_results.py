@@ -17,7 +17,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from synth.io import _atomic
+from synth.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def write(study: optuna.Study, sweep_dir: str | Path, objectives: list[str]) -> 
     frame = study.trials_dataframe(attrs=columns, multi_index=False)
     if len(objectives) > 1 and not frame.empty:
         frame = frame.rename(columns={f"values_{i}": name for i, name in enumerate(objectives)})
-    _atomic(sweep_dir / "trials.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(sweep_dir / "trials.csv", lambda tmp: frame.to_csv(tmp, index=False))
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if not done:
         log.error(f"no trial finished: see the job logs in {sweep_dir}/<trial>/train.log")
@@ -53,10 +53,10 @@ def write(study: optuna.Study, sweep_dir: str | Path, objectives: list[str]) -> 
         return
     best = study.best_trial
     info = {"study": study.study_name, "objective": objectives[0], **_entry(best, sweep_dir, objectives)}
-    _atomic(sweep_dir / "best.yaml", lambda tmp: OmegaConf.save(OmegaConf.create(info), tmp))
+    atomic_write(sweep_dir / "best.yaml", lambda tmp: OmegaConf.save(OmegaConf.create(info), tmp))
     run_dir = _run_dir(best, sweep_dir)
     if run_dir and (run_dir / "config.yaml").is_file():
-        _atomic(sweep_dir / "best_config.yaml", lambda tmp: shutil.copyfile(run_dir / "config.yaml", tmp))
+        atomic_write(sweep_dir / "best_config.yaml", lambda tmp: shutil.copyfile(run_dir / "config.yaml", tmp))
     log.info(f"best trial {best.number}: {objectives[0]}={best.value:.5g} with {best.params} -> {sweep_dir / 'best_config.yaml'}")
 
 
@@ -66,12 +66,12 @@ def _write_front(study: optuna.Study, sweep_dir: Path, objectives: list[str], do
     front = sorted(study.best_trials, key=lambda t: t.values[0])
     rows = [{"trial": t.number, **dict(zip(objectives, t.values)), **{f"params_{k}": v for k, v in t.params.items()},
              "run_dir": str(_run_dir(t, sweep_dir) or "")} for t in front]
-    _atomic(sweep_dir / "pareto.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+    atomic_write(sweep_dir / "pareto.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
     info = {"study": study.study_name, "objectives": list(objectives),
             "directions": [d.name.lower() for d in study.directions],
             "pareto_front": [_entry(t, sweep_dir, objectives) for t in front]}
-    _atomic(sweep_dir / "best.yaml", lambda tmp: OmegaConf.save(OmegaConf.create(info), tmp))
-    _atomic(sweep_dir / "pareto.png", lambda tmp: _plot_front(done, front, objectives, study, tmp))
+    atomic_write(sweep_dir / "best.yaml", lambda tmp: OmegaConf.save(OmegaConf.create(info), tmp))
+    atomic_write(sweep_dir / "pareto.png", lambda tmp: _plot_front(done, front, objectives, study, tmp))
     log.info(f"Pareto front of {len(front)} trial(s) ({', '.join(objectives)}): trials {[t.number for t in front]} -> "
              f"{sweep_dir / 'pareto.csv'}, {sweep_dir / 'pareto.png'}")
 

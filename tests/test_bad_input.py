@@ -472,3 +472,14 @@ def test_an_unreadable_file_says_permission_denied_not_corrupt(tmp_path, monkeyp
     nii.write_bytes(b"not a nifti at all")
     with pytest.raises(SynthError, match="replace or remove the corrupt file"):
         read_image(nii)
+
+
+@pytest.mark.parametrize("space,expect", [
+    ("model.optimizer.lr=interval(2e-3,1e-4)", "model.optimizer.lr has low 0.002 > high 0.0001"),
+    ("model.optimizer.lr=tag(log,interval(0,1e-3))", "model.optimizer.lr is searched on a log scale, which needs low > 0"),
+    ("model.optimizer.lr=choice(a,b)", "model.optimizer.lr is a number"),
+])
+def test_a_sweep_space_that_cannot_be_sampled_is_one_line(tmp_path, space, expect):
+    line = cli_error(run_script("train.py", ["-m", "sweep=ddpm", *phantom(2, size=16, n=24), space], cwd=tmp_path))
+    assert expect in line
+    assert not list(tmp_path.glob("outputs/sweeps/*/[0-9]*_*")), "no trial ran"
