@@ -406,7 +406,8 @@ def test_submitit_sweep_runs_trials_in_parallel_and_a_preempted_trial_resumes(tm
     """hydra/launcher=submitit_local stands in for SLURM: two trials in flight (n_jobs=2, one journal study); one job
     gets SLURM's preemption signal, submitit requeues it with the same overrides (same run dir, same sweep_trial),
     it resumes from its last.ckpt and its trial completes."""
-    args = [*[a for a in SWEEP if "max_steps" not in a and "val_check" not in a], "trainer.max_steps=20", "trainer.val_check_interval=5",
+    # 60 steps: the preemption signal must reach a job that still has steps to go (both are seen at step 5)
+    args = [*[a for a in SWEEP if "max_steps" not in a and "val_check" not in a], "trainer.max_steps=60", "trainer.val_check_interval=5",
             "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2", "hydra.sweeper.storage=journal",
             "hydra/sweeper/pruner=none"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=tmp_path, env=_env(),
@@ -427,5 +428,5 @@ def test_submitit_sweep_runs_trials_in_parallel_and_a_preempted_trial_resumes(tm
     logs = [p.read_text() for p in sweep_dir.glob(".submitit/*/*.out")]
     assert sum("this job is preempted" in log and "requeued job: resuming from" in log for log in logs) == 1, logs
     for t in trials:
-        assert json.loads((Path(t.user_attrs["run_dir"]) / "run.json").read_text())["global_step"] == 20
-        assert sorted(t.intermediate_values) == [5, 10, 15, 20]  # the resumed job went on reporting to its own trial
+        assert json.loads((Path(t.user_attrs["run_dir"]) / "run.json").read_text())["global_step"] == 60
+        assert sorted(t.intermediate_values) == list(range(5, 61, 5))  # the resumed job went on reporting to its own trial

@@ -12,19 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from synth.data import geometry
 from synth.data import intensity as _intensity
 from synth.data.cache import ItemDataset, LazyDataset, load_cached, save_cached
+from synth.data.loaders import Loaders
 from synth.data.readers import Subject
 from synth.data.sources import Source
 from synth.data.splits import SPLITS, assigned_splits, block_items, block_settings, split_subjects, volume_blocks
@@ -48,7 +47,7 @@ def _plain(x):
     return list(x) if isinstance(x, tuple) else x
 
 
-class SynthDataModule(L.LightningDataModule):
+class SynthDataModule(Loaders, L.LightningDataModule):
     """Generic DataModule over any `Source` (see conf/data/*.yaml for the meaning of every argument)."""
 
     def __init__(
@@ -270,68 +269,6 @@ class SynthDataModule(L.LightningDataModule):
         return [-1 if subject.label is None else int(subject.label)] * len(p.items)
 
     # ------------------------------------------------------------------------------- loaders
-    def loader_settings(self) -> tuple[int, bool]:
-        """(num_workers, pin_memory), resolving `auto` (benchmarks/bench.py measures the loader's share of a step).
-        Cached items without augmentation cost microseconds to serve, so workers (process start, IPC) would only add
-        latency: 0. Augmentation or cache=none (a decode per item) feeding a GPU: up to 4 workers, a core left to the
-        main process; on CPU-only machines the cores are better spent on the network: 0. Pinned memory with a GPU."""
-        gpu = torch.cuda.is_available()
-        workers = self.num_workers
-        if workers == "auto":
-            heavy = self.cache == "none" or self.augment.transform is not None
-            workers = min(4, (os.cpu_count() or 1) - 1) if heavy and gpu else 0
-        pin = gpu if self.pin_memory == "auto" else self.pin_memory
-        return max(0, int(workers)), bool(pin)
-
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        self.setup()
-        ds = self.datasets[split]
-        workers, pin = self.loader_settings()
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(ds) > self.batch_size,
-            num_workers=workers,
-            pin_memory=pin,
-            persistent_workers=workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def images(self, split: str = "train", n: int | None = None) -> torch.Tensor:
-        """The first n un-augmented images of a split stacked as (n, C, *S)."""
-        self.setup()
-        if split not in SPLITS:
-            raise SynthError(f"split={split} is not one of {list(SPLITS)}: pass train, val or test")
-        ds = self.datasets[split]
-        count = len(ds) if n is None else min(int(n), len(ds))
-        if isinstance(ds, ItemDataset):
-            return torch.from_numpy(np.array(ds.images[:count], dtype=np.float32))
-        plain = LazyDataset(ds.source, ds.subjects, ds.preprocess)
-        return torch.stack([plain[i]["image"] for i in range(count)]) if count else torch.zeros(0, self.channels, *self.image_size)
-
-    def mask_items(self, split: str = "train", n: int | None = None) -> torch.Tensor:
-        """The first n masks of a split (n, 1, *S) in {0, 1}, paired with `images(split, n)`; needs data.masks=true."""
-        self.setup()
-        if not self.masks:
-            raise SynthError(f"data {self.name} serves no masks: set data.masks=true")
-        ds = self.datasets[split]
-        count = len(ds) if n is None else min(int(n), len(ds))
-        if isinstance(ds, ItemDataset):
-            return torch.from_numpy(np.array(ds.masks[:count], dtype=np.float32))
-        return torch.stack([ds[i]["mask"] for i in range(count)]) if count else torch.zeros(0, 1, *self.image_size)
-
-    def train_images(self, n: int | None = None) -> torch.Tensor:
-        return self.images("train", n)
-
     @property
     def meta(self) -> dict:
         """Geometry, intensity preset, channels, labels and split sizes (JSON-serialisable); valid after setup()."""
