@@ -23,8 +23,9 @@ def _runs(cwd):
 
 
 def test_ddpm_3d_phantom_then_generate(tmp_path):
-    _ok(run_script("train.py", ["model=ddpm", "data=phantom", "data.spatial_dims=3", "trainer=cpu", "trainer.max_steps=20",
-                                "trainer.enable_progress_bar=false", "callbacks.sample_grid.n=2"], cwd=tmp_path, timeout=1200))
+    # the tiny UNet: the default one in 3D is test_default_model_configs_train_on_phantom[ddpm-3]'s
+    _ok(run_script("train.py", ["model=ddpm", "experiment=tiny_ddpm", "data=phantom", "data.spatial_dims=3", "trainer=cpu",
+                                "trainer.max_steps=20", "trainer.enable_progress_bar=false", "callbacks.sample_grid.n=2"], cwd=tmp_path))
     run = _runs(tmp_path)[-1]
     assert json.loads((run / "run.json").read_text())["global_step"] == 20
     _ok(run_script("generate.py", [f"run_dir={run}", "n=2", "steps=10"], cwd=tmp_path))
