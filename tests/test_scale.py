@@ -56,6 +56,25 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def submitit_tasks(pid: int) -> list[int]:
+    """The submitit job processes under `pid` (not their own children, which share the command line)."""
+
+    def is_task(p: int) -> bool:
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return b"submitit" in cmd and b"_submit" in cmd
+
+    def parent(p: int) -> int:
+        try:
+            return int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return -1
+
+    return [p for p in _descendants(pid) if is_task(p) and not is_task(parent(p))]
+
+
 @pytest.mark.slow
 def test_submitit_local_job_is_requeued_on_preemption_and_resumes_from_last_ckpt(tmp_path):
     args = ["-m", "hydra/launcher=submitit_local", *TINY_DDPM, *quick(20), "trainer.val_check_interval=5"]
@@ -67,7 +86,7 @@ def test_submitit_local_job_is_requeued_on_preemption_and_resumes_from_last_ckpt
         last = next(iter(tmp_path.glob("outputs/train_multirun/*/0_*/checkpoints/last.ckpt")), None)
         time.sleep(0.2)
     assert last is not None, "no checkpoint was written"
-    tasks = [p for p in _descendants(proc.pid) if b"submitit" in Path(f"/proc/{p}/cmdline").read_bytes() and b"_submit" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    tasks = submitit_tasks(proc.pid)
     assert tasks, "the submitit task process was not found"
     os.kill(tasks[-1], signal.SIGUSR2)  # what SLURM sends before preempting or timing out a job
     out, _ = proc.communicate(timeout=600)

@@ -381,26 +381,6 @@ def test_shipped_search_spaces_run(tmp_path, model):
     assert (_sweep_dir(tmp_path, f"{model}_phantom") / "best_config.yaml").is_file()
 
 
-def _submitit_tasks(pid: int) -> list[int]:
-    """The submitit job processes under `pid` (not their own children, which share the command line)."""
-    from tests.test_scale import _descendants
-
-    def is_task(p: int) -> bool:
-        try:
-            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
-        except OSError:
-            return False
-        return b"submitit" in cmd and b"_submit" in cmd
-
-    def parent(p: int) -> int:
-        try:
-            return int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            return -1
-
-    return [p for p in _descendants(pid) if is_task(p) and not is_task(parent(p))]
-
-
 @pytest.mark.slow
 @pytest.mark.xfail(reason="open (#16.7): inside a submitit sweep, the preempted trial's job is not requeued, and a job "
                           "can hit Optuna's UpdateFinishedTrialError replaying the journal; a plain submitit job requeues "
@@ -420,7 +400,9 @@ def test_submitit_sweep_runs_trials_in_parallel_and_a_preempted_trial_resumes(tm
     while time.time() < deadline and proc.poll() is None and len(lasts) < 2:
         lasts = list(sweep_dir.glob("*_ddpm_phantom/checkpoints/last.ckpt"))
         time.sleep(0.2)
-    tasks = _submitit_tasks(proc.pid)
+    from tests.test_scale import submitit_tasks
+
+    tasks = submitit_tasks(proc.pid)
     assert len(lasts) == 2 and len(tasks) == 2, (lasts, tasks)  # both trials training at once
     os.kill(tasks[-1], signal.SIGUSR2)  # what SLURM sends before preempting or timing out a job
     out, _ = proc.communicate(timeout=900)
