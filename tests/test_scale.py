@@ -64,7 +64,7 @@ def submitit_tasks(pid: int) -> list[int]:
             cmd = Path(f"/proc/{p}/cmdline").read_bytes()
         except OSError:
             return False
-        return b"submitit" in cmd and b"_submit" in cmd
+        return b"submitit.core._submit" in cmd.split(b"\0")  # the module itself, not a path that names it
 
     def parent(p: int) -> int:
         try:
@@ -77,7 +77,10 @@ def submitit_tasks(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_submitit_local_job_is_requeued_on_preemption_and_resumes_from_last_ckpt(tmp_path):
-    args = ["-m", "hydra/launcher=submitit_local", *TINY_DDPM, *quick(20), "trainer.val_check_interval=5"]
+    STEPS = 200
+    # 200 steps (~20 s alone, longer under load): the signal must reach a job that still has steps to go; a 20-step
+    # job could finish between its first checkpoint and the signal, and then there is nothing to requeue
+    args = ["-m", "hydra/launcher=submitit_local", *TINY_DDPM, *quick(STEPS), "trainer.val_check_interval=20"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = None
@@ -93,7 +96,7 @@ def test_submitit_local_job_is_requeued_on_preemption_and_resumes_from_last_ckpt
     assert proc.returncode == 0, out[-3000:]
     run = last.parents[1]
     info = json.loads((run / "run.json").read_text())
-    assert info["global_step"] == 20
+    assert info["global_step"] == STEPS
     logs = "".join(p.read_text() for p in run.parents[0].glob(".submitit/*/*.out"))
     assert "this job is preempted" in logs and "requeued job: resuming from" in logs, logs[-3000:]
     assert len(list(run.parent.glob("0_*"))) == 1  # the same run dir, not a second one

@@ -382,9 +382,6 @@ def test_shipped_search_spaces_run(tmp_path, model):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="open (#16.7): inside a submitit sweep, the preempted trial's job is not requeued, and a job "
-                          "can hit Optuna's UpdateFinishedTrialError replaying the journal; a plain submitit job requeues "
-                          "(tests/test_scale.py)", strict=False)
 def test_submitit_sweep_runs_trials_in_parallel_and_a_preempted_trial_resumes(tmp_path):
     """hydra/launcher=submitit_local stands in for SLURM: two trials in flight (n_jobs=2, one journal study); one job
     gets SLURM's preemption signal, submitit requeues it with the same overrides (same run dir, same sweep_trial),
