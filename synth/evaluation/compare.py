@@ -53,8 +53,10 @@ def flat_metrics(metrics: dict, prefix: str = "eval/") -> dict[str, float]:
     for key in ("seconds_per_sample", "parameters", "peak_memory_mb", "train_seconds"):
         out[key] = (metrics.get("cost") or {}).get(key)
     out["n_real"], out["n_samples"] = metrics.get("n_real"), metrics.get("n_samples")
-    for arm, a in ((metrics.get("downstream") or {}).get("arms") or {}).items():  # downstream=segmentation: Dice per arm
-        put(f"dice_{arm.replace('+', '_')}", a.get("dice"), a.get("dice_ci"))
+    for arm, a in ((metrics.get("downstream") or {}).get("arms") or {}).items():  # downstream=: Dice, or accuracy and AUC, per arm
+        for key in ("dice", "accuracy", "auc"):
+            if key in a:
+                put(f"{key}_{arm.replace('+', '_')}", a.get(key), a.get(f"{key}_ci"))
     return {f"{prefix}{k}": float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 

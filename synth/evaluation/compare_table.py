@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 import string
 
+# downstream= columns per arm: Dice (segmentation), accuracy and AUC (classification)
+DOWNSTREAM = tuple(f"{m}_{arm}" for m in ("dice", "accuracy", "auc") for arm in ("real", "synthetic", "real_synthetic", "noise"))
 INTERVAL_KEYS = ("frd", "frd_real_vs_real", "mmd_rbf", "ms_ssim_diversity", "ms_ssim_diversity_real", "sharpness_ratio",
-                 "memorization_fraction", "recon_ssim", "dice_real", "dice_synthetic", "dice_real_synthetic", "dice_noise")
+                 "memorization_fraction", "recon_ssim", *DOWNSTREAM)
 MARKDOWN_COLUMNS = [  # the markdown table keeps to these; compare.csv has every column
     "run", "family", "model", "data", "ref_set", "verdict", "frd", "frd_rank", "frd_real_vs_real", "frd_noise_vs_real", "frd_dropped",
     "mmd_rbf", "ms_ssim_diversity", "ms_ssim_diversity_real", "sharpness_ratio", "first_order_wasserstein", "recon_ssim",
-    "memorization_fraction", "dice_real", "dice_synthetic", "dice_real_synthetic", "dice_noise", "seconds_per_sample", "device", "parameters", "train_seconds", "n_real", "status",
+    "memorization_fraction", *DOWNSTREAM, "seconds_per_sample", "device", "parameters", "train_seconds", "n_real", "status",
 ]
 
 

@@ -1,4 +1,5 @@
-"""Does synthetic data help? `downstream=segmentation`: a small MONAI UNet is trained four ways with the same seed,
+"""Does synthetic data help? `downstream=segmentation` (`downstream=classification`: downstream_classification.py,
+which shares the arms defined here): a small MONAI UNet is trained four ways with the same seed,
 steps, batch size and learning rate, and each is tested on the real TEST split only (never val, never train):
 
   real            the real training pairs (image, mask)
@@ -102,6 +103,19 @@ def separated(a: dict, b: dict, key: str = "dice") -> bool:
     return bool(a.get(f"{key}_ci") and b.get(f"{key}_ci") and a[f"{key}_ci"][0] > b[f"{key}_ci"][1])
 
 
+def arm_sets(real: tuple[torch.Tensor, torch.Tensor], synthetic: tuple[torch.Tensor, torch.Tensor], seed: int) -> dict:
+    """The four arms' training sets of (images, targets): real, synthetic, real+synthetic, and noise (uniform-noise
+    images in [-1, 1] with the synthetic targets)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(synthetic[0].shape, generator=g) * 2 - 1
+    return {
+        "real": real,
+        "synthetic": synthetic,
+        "real+synthetic": (torch.cat([real[0], synthetic[0]]), torch.cat([real[1], synthetic[1]])),
+        "noise": (noise, synthetic[1]),
+    }
+
+
 def segmentation(
     real: tuple[torch.Tensor, torch.Tensor],       # real training pairs (images, masks)
     test: tuple[torch.Tensor, torch.Tensor],       # real TEST pairs
@@ -119,14 +133,7 @@ def segmentation(
         raise SynthError("downstream=segmentation: the test split holds no image with a lesion to score: add subjects or raise the test fraction of data.split")
     if not len(real[0]) or not len(synthetic[0]):
         raise SynthError("downstream=segmentation needs real training pairs and synthetic pairs: check data.split and downstream.n_synthetic")
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.rand(synthetic[0].shape, generator=g) * 2 - 1
-    sets = {
-        "real": real,
-        "synthetic": synthetic,
-        "real+synthetic": (torch.cat([real[0], synthetic[0]]), torch.cat([real[1], synthetic[1]])),
-        "noise": (noise, synthetic[1]),
-    }
+    sets = arm_sets(real, synthetic, seed)
     arms = {}
     for name in ARMS:
         start = time.perf_counter()
@@ -150,7 +157,7 @@ def segmentation(
 
 
 def section(d: dict) -> list[str]:
-    """report.md lines for metrics.json's `downstream` section."""
+    """report.md lines for metrics.json's `downstream` section (segmentation)."""
     def num(v, ci=None, f="{:.3f}"):
         if v is None:
             return "—"

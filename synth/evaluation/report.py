@@ -106,8 +106,10 @@ def markdown(m: dict) -> str:
         lines += ["This model cannot sample on its own (a VQ-VAE generates through latent diffusion): only the reference rows are shown.", "", "![real](real.png)", ""]
     lines += _per_class_section(m) + _feature_section(m) + _recon_section(m) + _memorization_section(m) + _cost_section(m)
     if m.get("downstream"):
-        from synth.evaluation.downstream import section
-
+        if m["downstream"].get("task") == "classification":
+            from synth.evaluation.downstream_classification import section
+        else:
+            from synth.evaluation.downstream import section
         lines += section(m["downstream"])
     lines += _method_section(m)
     return "\n".join(lines)

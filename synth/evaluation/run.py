@@ -74,7 +74,7 @@ def evaluate_run(
     pairs: int = 8,
     n_boot: int = 500,
     log_dir: str | Path | None = None,  # where `run_dir=latest` looks (paths.log_dir; default $PROJECT_ROOT/outputs)
-    downstream: dict | None = None,  # conf/downstream/segmentation.yaml: also train/test a segmenter on real / synthetic pairs
+    downstream: dict | None = None,  # conf/downstream/{segmentation,classification}.yaml: also train/test a network on real / synthetic data
     **sampler: Any,               # sampler / steps / guidance for diffusion models
 ) -> dict:
     """Sample a trained run (or read its samples) and evaluate against its own test split; returns the
@@ -99,16 +99,21 @@ def evaluate_run(
             "peak_memory_mb": None, "peak_memory_kind": None, "train_seconds": run_info.get("train_seconds")}
     splits = reference.splits_from_datamodule(dm)
     images, labels, masks = None, None, None
-    if downstream is not None:
-        if not getattr(model, "mask_conditioned", False):
-            raise SynthError(f"downstream=segmentation trains on synthetic (image, mask) pairs, but this {model.name} run draws no images for "
-                             "masks: evaluate a model=controlnet run (or drop downstream=)")
-        if n is None:
-            n = int(downstream.get("n_synthetic") or len(dm.datasets["train"]))
+    task = (downstream or {}).get("task")
+    if task == "segmentation" and not getattr(model, "mask_conditioned", False):
+        raise SynthError(f"downstream=segmentation trains on synthetic (image, mask) pairs, but this {model.name} run draws no images for "
+                         "masks: evaluate a model=controlnet run (or drop downstream=)")
+    if task == "classification" and (not model.conditional or getattr(model, "mask_conditioned", False)):
+        raise SynthError(f"downstream=classification trains on synthetic images of known classes, but this {model.name} run is not "
+                         "class-conditional: evaluate a run trained with model.num_classes=<classes> on labelled data (or drop downstream=)")
+    if task == "classification" and (len(splits["train"][1]) == 0 or (splits["train"][1] < 0).any()):
+        raise SynthError("downstream=classification: the training split has images without a class label: use labelled data")
+    if downstream is not None and n is None:
+        n = int(downstream.get("n_synthetic") or len(dm.datasets["train"]))
     if samples is not None:
         images, sample_info = read_samples(Path(samples), shape, meta=dm.meta)
         info["samples_dir"] = str(Path(samples).resolve())
-        if downstream is not None:
+        if task == "segmentation":
             from synth.data.masks import paired_masks
 
             masks, masks_info = paired_masks(Path(samples), list(shape[1:]), len(images)), (sample_info or {}).get("masks") or {"source": str(samples)}
@@ -120,6 +125,8 @@ def evaluate_run(
         sets = reference.real_sets(splits, n, max_images, seed)
         n = int(n or sets.m)
         condition = reference.sample_conditions(sets, n) if model.conditional else None
+        if task == "classification":  # the training split's labels, in order (cycled): its class mix, never the test split's
+            condition = [int(splits["train"][1][k % len(splits["train"][1])]) for k in range(n)]
         masks_info = None
         if getattr(model, "mask_conditioned", False):  # images for masks of the training split (never the test masks)
             from synth.data.masks import training_masks
@@ -138,7 +145,20 @@ def evaluate_run(
         info["sampler"] = sample_info["sampler"]
     else:
         sets = reference.real_sets(splits, None, max_images, seed)
-    if downstream is not None:
+    if task == "classification":
+        from synth.evaluation.downstream_classification import classification
+
+        if labels is None or (np.asarray(labels) < 0).any():
+            raise SynthError(f"downstream=classification needs the class of every sample, but {info['samples_dir']} has no samples.json "
+                             "`condition` list: evaluate samples that generate.py wrote for a conditional run (or drop samples=)")
+        source = {"source": "the training split's class labels, cycled in order" if samples is None else f"the conditions in {info['samples_dir']}/samples.json",
+                  "class_counts": {int(c): int(k) for c, k in zip(*np.unique(np.asarray(labels), return_counts=True))}}
+        info["downstream"] = classification((torch.from_numpy(splits["train"][0]), torch.from_numpy(splits["train"][1])),
+                                            (torch.from_numpy(splits["test"][0]), torch.from_numpy(splits["test"][1])),
+                                            (torch.from_numpy(np.asarray(images, dtype=np.float32)), torch.as_tensor(np.asarray(labels), dtype=torch.long)),
+                                            int(model.num_classes), dict(downstream), source, class_names=dm.meta.get("class_names"),
+                                            seed=seed, n_boot=n_boot, device=dev)
+    elif task == "segmentation":
         from synth.evaluation.downstream import segmentation
 
         info["downstream"] = segmentation((dm.images("train"), dm.mask_items("train")), (dm.images("test"), dm.mask_items("test")),
@@ -209,7 +229,8 @@ def evaluate(cfg: DictConfig) -> dict:
                                ckpt=str(cfg.ckpt), samples=cfg.samples, log_dir=OmegaConf.select(cfg, "paths.log_dir"),
                                downstream=downstream, **common, **sampler)
     elif (cfg.get("downstream") or {}).get("task") not in (None, "none"):
-        raise SynthError("downstream= trains on the synthetic pairs of a mask-conditioned run: pass run_dir=<controlnet run> (with samples=<its samples> to reuse them)")
+        raise SynthError("downstream= trains on the samples of a conditional run: pass run_dir=<controlnet run> (segmentation) or "
+                         "run_dir=<class-conditional run> (classification), with samples=<its samples> to reuse them")
     else:
         metrics = evaluate_samples(cfg.samples, cfg.data, out_dir, normalize_samples=bool(cfg.normalize_samples), **common)
     log.info(summary_line(metrics) + f"; report: {out_dir / 'report.md'}")

@@ -167,7 +167,7 @@ class GANModule(GenerativeModule):
         self.manual_step(opt_g, loss_g, self.grad_clip)
         logs.update({"train/loss_d": loss_d, "train/loss_g": loss_g, "train/d_real": d_real.mean(), "train/d_fake": d_fake.mean()})
         if self.global_rank == 0:  # one warning per run, not one per rank
-            ratio = self.collapse_watch.update(self.global_step, float(loss_d), real, fake)
+            ratio = self.collapse_watch.update(self.global_step, float(loss_d.detach()), real, fake)
             if ratio is not None:
                 logs["train/spread_ratio"] = ratio  # fake / real batch spread (about 1 when diverse)
         self.log_dict(logs, prog_bar=True, batch_size=n)
