@@ -60,6 +60,37 @@ def test_frd_sees_a_set_20x_off_in_intensity_with_one_feature_set(off):
     assert "far from real" in m["verdict"]["label"]
 
 
+def test_frd_is_not_swamped_by_round_off_columns_of_a_flat_background():
+    """Issue #17 (b): on real slices whose background is exactly flat (every MRI slice after percentile scaling), the
+    mean and median of the wavelet high-pass bands are 0 up to round-off (SD ~1e-14 over R). Unseen real slices with
+    a background a fraction of a grey level from flat sat 1e12 SDs away in those columns, and FRD read near the noise
+    row for images that look real (the demo: 62 vs real-vs-real 7, noise 69). Round-off columns now count as
+    constant, and features are taken on integer grey levels (as from an 8-bit image), so noise no saved image shows
+    does not move FRD at all."""
+    from synth.evaluation.features import frd_features
+    from synth.evaluation.frd import FeatureSpace, log_frechet, numerically_constant
+
+    def slices(seeds):
+        out = []
+        for s in seeds:
+            img = make_phantom((32, 32), seed=s)["image"][:1]
+            img = (img - img.min()) / (img.max() - img.min()) * 2 - 1
+            out.append(np.where(img < -0.9, -1.0, img))  # an exactly flat background, as percentile scaling leaves it
+        return np.stack(out).astype(np.float32)
+
+    ref, other = slices(range(12)), slices(range(100, 112))
+    rng = np.random.default_rng(0)
+    sets = {"other": other, "noise": rng.uniform(-1, 1, other.shape).astype(np.float32)}
+    for name, sd in (("invisible", 0.0005), ("speckled", 0.002)):  # 0.06 and 0.25 grey levels
+        sets[name] = np.clip(other + rng.normal(0, sd, other.shape).astype(np.float32), -1, 1)
+    space = FeatureSpace.fit(frd_features(ref, 2))
+    frd = {k: log_frechet(space.transform(frd_features(v, 2))[0], space.transform(frd_features(ref, 2))[0]) for k, v in sets.items()}
+    assert abs(frd["invisible"] - frd["other"]) < 0.05, frd  # below half a grey level: the same 8-bit image
+    # before: speckled 54 and noise 69 (1e12 SDs in round-off columns); now about 7.4 and 11.6 against 6.2
+    assert frd["speckled"] - frd["other"] < 2.5 and frd["other"] + 3.0 < frd["noise"] < 20, frd
+    assert numerically_constant(np.array([[1e-14], [-2e-14], [3e-15]]))[0] and not numerically_constant(np.array([[0.1], [0.12], [0.09]]))[0]
+
+
 def test_reference_is_the_test_split(off):
     """Item 5: R is the test split (val only calibrates memorization); report and metrics.json say so."""
     m, dm, tmp = off

@@ -6,7 +6,10 @@
   pyradiomics extraction config (Original + LoG + Wavelet images; first-order and texture classes); the
   statistics (reference-only column mask and z-scoring, Fréchet distance) are in frd.py. Differences: frd-score reads image files and
   resamples them to 2 mm; here the images are passed in memory on their own pixel grid (unit spacing, no
-  resampling), so that 16-64 px images keep their detail and 64 images take seconds.
+  resampling), so that 16-64 px images keep their detail and 64 images take seconds. Intensities are rounded to
+  integer grey levels 0..255 first, as in the 8-bit images frd-score typically reads: the wavelet texture
+  features of a flat background react to noise far below one grey level (0.06 grey levels of noise moved FRD by
+  2, with real-vs-real at 6 and noise at 12), noise that no saved 8-bit image shows.
 Images are (N, C, *S) float arrays in [-1, 1]; with several channels the features of each are concatenated.
 """
 from __future__ import annotations
@@ -97,14 +100,15 @@ def frd_extractor(spatial_dims: int):
 
 
 def frd_features(images: np.ndarray, spatial_dims: int, desc: str = "FRD features") -> np.ndarray:
-    """(N, F) frd-score v1 features (numeric diagnostics included, as frd-score does), whole-image mask less
-    one corner voxel (frd-score's default without masks). Images whose extraction fails get a NaN row."""
+    """(N, F) frd-score v1 features (numeric diagnostics included, as frd-score does) of the images on integer grey
+    levels 0..255, whole-image mask less one corner voxel (frd-score's default without masks). Images whose
+    extraction fails get a NaN row."""
     extractor = frd_extractor(spatial_dims)
     rows = []
     for img in tqdm(images, desc=desc, unit="img", leave=False, disable=None):
         row = []
         for channel in img:
-            sitk_img = _sitk(((np.clip(channel, -1, 1) + 1) * 127.5).astype(np.float32), spatial_dims)
+            sitk_img = _sitk(np.round((np.clip(channel, -1, 1) + 1) * 127.5).astype(np.float32), spatial_dims)
             mask = np.ones(channel.shape, dtype=bool)
             mask.flat[0] = False
             try:

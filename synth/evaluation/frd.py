@@ -28,12 +28,18 @@ import numpy as np
 from synth.errors import SynthError
 
 
-def numerically_constant(reference: np.ndarray, rtol: float = 1e-5) -> np.ndarray:
-    """Columns whose reference spread is float round-off (SD <= rtol x the largest |value| in the reference),
-    e.g. a wavelet band's median over a flat background, 1e-30 instead of 0. frd-score drops exactly-constant
-    columns (their z-scores are inf); round-off ones would get z-scores of 1e20 and swamp the distance."""
+def numerically_constant(reference: np.ndarray, rtol: float = 1e-5, atol: float = 1e-8) -> np.ndarray:
+    """Columns whose reference spread is float round-off: SD <= rtol x the largest |value| in the reference, or
+    SD <= atol. The absolute bound matters most: the mean and median of a wavelet high-pass band are exactly 0 on an
+    image whose background is flat (every real MRI slice after percentile scaling), so over R they are round-off
+    around zero (SD ~1e-14, which the relative bound cannot see: the values are round-off too). A sample with a
+    background a quarter of a grey level off zero then sat 1e13 SDs away and FRD (a log) read ~60 for clean-looking
+    samples, near the noise row (issue #17). Features are computed on grey levels 0-255: an SD below 1e-8 of such
+    units is never a real spread. frd-score drops exactly-constant columns (their z-scores are inf); round-off ones
+    would get z-scores of 1e13-1e20 and swamp the distance."""
     ref = reference.astype(np.float64)
-    return ref.std(axis=0) <= rtol * np.abs(ref).max(axis=0)
+    sd = ref.std(axis=0)
+    return (sd <= rtol * np.abs(ref).max(axis=0)) | (sd <= atol)
 
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
