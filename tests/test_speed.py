@@ -155,6 +155,29 @@ def test_demo_recipes_section_is_rendered_from_its_measurements():
     assert text.rstrip() in (ROOT / "BENCHMARKS.md").read_text()
 
 
+def test_sampler_quality_section_is_rendered_from_its_measurements():
+    """#12 item 15: BENCHMARKS.md's "Sampler quality" section is benchmarks/sampler_quality.py's rendering of
+    docs/sampler_quality.json: FRD with its interval for DDPM-1000, DDIM-50, DDIM-25 and RFlow-10 against one real set
+    in one feature space, with seconds per sample and a speed/quality line per few-step sampler."""
+    import json
+
+    from benchmarks import sampler_quality
+
+    rows = json.loads(sampler_quality.JSON.read_text())
+    text = sampler_quality.MD.read_text()
+    assert text == sampler_quality.render(rows) and text.startswith("## Sampler quality")
+    assert {"DDPM-1000", "DDIM-50", "DDIM-25", "RFlow-10"} <= {r["row"] for r in rows}
+    assert len({(r["frd_space"], r["reference"]) for r in rows}) == 1 and "checked: every row has the same" in text
+    by = {r["row"]: r for r in rows}
+    assert by["DDPM-1000"]["sampler"]["steps"] == 1000 and by["DDIM-25"]["sampler"]["name"] == "ddim" and by["RFlow-10"]["sampler"]["steps"] == 10
+    for r in rows:
+        assert f"{r['frd']:.2f} [{r['frd_ci'][0]:.2f}, {r['frd_ci'][1]:.2f}]" in text and r["frd_real"] < r["frd_noise"]
+        assert r["frd_ci"][0] <= r["frd"] <= r["frd_ci"][1]
+    assert by["DDPM-1000"]["seconds_per_sample"] > 10 * by["DDIM-50"]["seconds_per_sample"]  # what the table is about
+    assert text.rstrip() in (ROOT / "BENCHMARKS.md").read_text()
+    assert (ROOT / "docs" / "sampler_quality.md") in __import__("benchmarks.render", fromlist=["KEPT"]).KEPT
+
+
 @pytest.mark.slow
 def test_bench_smoke_all_sections(tmp_path):
     out = tmp_path / "BENCH.md"
