@@ -71,3 +71,24 @@ def test_compare_cli(three_runs, tmp_path):
     assert len(pd.read_csv(out / "compare.csv")) == 3 and (out / "compare.md").is_file()
     bad = run_script("compare.py", [f"runs={tmp_path / 'nothing'}"], cwd=tmp_path)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_is_compared_by_its_newest_evaluation(tmp_path):
+    """The newest eval by the time it was written, not by name: train.py evaluate=true writes eval/after_training/,
+    which sorts after every dated eval dir, so a re-evaluation was ignored."""
+    import json
+    import os
+
+    from synth.evaluation.compare import find_metrics
+
+    run = tmp_path / "run"
+    for name, age in (("after_training", 200), ("2026-11-29_10-00-00", 100), ("2026-11-29_12-00-00", 0)):
+        (run / "eval" / name).mkdir(parents=True)
+        path = run / "eval" / name / "metrics.json"
+        path.write_text(json.dumps({"name": name}))
+        t = 1_800_000_000 - age
+        os.utime(path, (t, t))
+    assert find_metrics(run).parent.name == "2026-11-29_12-00-00"
+    os.utime(run / "eval" / "after_training" / "metrics.json", (1_900_000_000, 1_900_000_000))  # re-written last
+    assert find_metrics(run).parent.name == "after_training"
+    assert find_metrics(run / "eval" / "2026-11-29_10-00-00").parent.name == "2026-11-29_10-00-00"  # an eval dir: itself

@@ -65,7 +65,8 @@ def find_metrics(path: Path) -> Path | None:
     path = Path(path)
     if (path / "metrics.json").is_file():
         return path / "metrics.json"
-    found = sorted((path / "eval").glob("*/metrics.json"))
+    # newest by the time it was written: names sort wrongly ("after_training" after every "<date>_<time>")
+    found = sorted((path / "eval").glob("*/metrics.json"), key=lambda p: (p.stat().st_mtime, p.parent.name))
     return found[-1] if found else None
 
 
