@@ -99,16 +99,17 @@ def frd_extractor(spatial_dims: int):
     return extractor
 
 
-def frd_features(images: np.ndarray, spatial_dims: int, desc: str = "FRD features") -> np.ndarray:
+def frd_features(images: np.ndarray, spatial_dims: int, desc: str = "FRD features", grey_levels: bool = True) -> np.ndarray:
     """(N, F) frd-score v1 features (numeric diagnostics included, as frd-score does) of the images on integer grey
-    levels 0..255, whole-image mask less one corner voxel (frd-score's default without masks). Images whose
-    extraction fails get a NaN row."""
+    levels 0..255 (`grey_levels=False`: unrounded, for comparing the extraction itself), whole-image mask less one
+    corner voxel (frd-score's default without masks). Images whose extraction fails get a NaN row."""
     extractor = frd_extractor(spatial_dims)
     rows = []
     for img in tqdm(images, desc=desc, unit="img", leave=False, disable=None):
         row = []
         for channel in img:
-            sitk_img = _sitk(np.round((np.clip(channel, -1, 1) + 1) * 127.5).astype(np.float32), spatial_dims)
+            grey = (np.clip(channel, -1, 1) + 1) * 127.5
+            sitk_img = _sitk((np.round(grey) if grey_levels else grey).astype(np.float32), spatial_dims)
             mask = np.ones(channel.shape, dtype=bool)
             mask.flat[0] = False
             try:
