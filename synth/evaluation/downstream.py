@@ -33,31 +33,37 @@ def _net(spatial_dims: int, in_channels: int, cfg: dict) -> torch.nn.Module:
                 strides=tuple([2] * (len(cfg["channels"]) - 1)), num_res_units=int(cfg.get("num_res_units", 1)))
 
 
+def fit(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn, cfg: dict, seed: int,
+        device: torch.device) -> torch.nn.Module:
+    """cfg.steps Adam steps (lr cfg.lr) on random batches of cfg.batch_size, drawn by a generator seeded with `seed`:
+    every arm sees the same schedule of draws. Returns the network in eval mode."""
+    with torch.enable_grad():  # evaluate_run samples under no_grad
+        opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]))
+        g = torch.Generator().manual_seed(seed)
+        net.train()
+        for _ in range(int(cfg["steps"])):
+            idx = torch.randint(0, len(images), (min(int(cfg["batch_size"]), len(images)),), generator=g)
+            loss = loss_fn(net(images[idx].to(device)), targets[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def record(net: torch.nn.Module, name: str, loss: str, cfg: dict, seed: int) -> dict:
+    """The `network` and `budget` entries of a downstream result: what was trained, and how long, for every arm."""
+    return {"network": {"class": name, "channels": list(cfg["channels"]), "num_res_units": int(cfg.get("num_res_units", 1)),
+                        "parameters": int(sum(p.numel() for p in net.parameters())), "loss": loss, "optimizer": "Adam"},
+            "budget": {"steps": int(cfg["steps"]), "batch_size": int(cfg["batch_size"]), "lr": float(cfg["lr"]), "seed": int(seed),
+                       "same_for_every_arm": True}}
+
+
 def train_segmenter(images: torch.Tensor, masks: torch.Tensor, cfg: dict, seed: int, device: torch.device) -> torch.nn.Module:
     """A fresh UNet trained on (images, masks) for cfg.steps steps of cfg.batch_size (Dice + BCE loss, Adam)."""
     from monai.losses import DiceCELoss
 
-    with torch.enable_grad():  # evaluate_run samples under no_grad
-        return _train(images, masks, cfg, seed, device)
-
-
-def _train(images: torch.Tensor, masks: torch.Tensor, cfg: dict, seed: int, device: torch.device) -> torch.nn.Module:
-    from monai.losses import DiceCELoss
-
     torch.manual_seed(seed)
-    net = _net(images.ndim - 2, images.shape[1], cfg).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]))
-    loss_fn = DiceCELoss(sigmoid=True)
-    g = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(int(cfg["steps"])):
-        idx = torch.randint(0, len(images), (min(int(cfg["batch_size"]), len(images)),), generator=g)
-        x, y = images[idx].to(device), masks[idx].to(device)
-        loss = loss_fn(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return net.eval()
+    return fit(_net(images.ndim - 2, images.shape[1], cfg).to(device), images, masks, DiceCELoss(sigmoid=True), cfg, seed, device)
 
 
 @torch.no_grad()
@@ -141,14 +147,10 @@ def segmentation(
         scores = per_image(predict(net, test[0], device), test[1], hd95=bool(cfg.get("hd95", True)))
         arms[name] = {**summarize(scores, n_boot, seed), "n_train": int(len(sets[name][0])), "seconds": round(time.perf_counter() - start, 2)}
         log.info("downstream %s: Dice %.3f on %d test images with lesions", name, arms[name]["dice"] or float("nan"), arms[name]["n_test_lesion"])
-    n_params = sum(p.numel() for p in _net(real[0].ndim - 2, real[0].shape[1], cfg).parameters())
     return {
         "task": "segmentation",
         "tested_on": "test split (real images and masks only)",
-        "network": {"class": "monai.networks.nets.UNet", "channels": list(cfg["channels"]), "num_res_units": int(cfg.get("num_res_units", 1)),
-                    "parameters": int(n_params), "loss": "DiceCELoss (sigmoid)", "optimizer": "Adam"},
-        "budget": {"steps": int(cfg["steps"]), "batch_size": int(cfg["batch_size"]), "lr": float(cfg["lr"]), "seed": int(seed),
-                   "same_for_every_arm": True},
+        **record(_net(real[0].ndim - 2, real[0].shape[1], cfg), "monai.networks.nets.UNet", "DiceCELoss (sigmoid)", cfg, seed),
         "mask_source": mask_source,
         "arms": arms,
         "real_above_noise": separated(arms["real"], arms["noise"]),
@@ -156,13 +158,15 @@ def segmentation(
     }
 
 
+def num(v, ci=None, f: str = "{:.3f}") -> str:
+    """A report cell: the value and its interval, or a dash."""
+    if v is None:
+        return "—"
+    return f.format(v) + (f" [{f.format(ci[0])}, {f.format(ci[1])}]" if ci else "")
+
+
 def section(d: dict) -> list[str]:
     """report.md lines for metrics.json's `downstream` section (segmentation)."""
-    def num(v, ci=None, f="{:.3f}"):
-        if v is None:
-            return "—"
-        return f.format(v) + (f" [{f.format(ci[0])}, {f.format(ci[1])}]" if ci else "")
-
     b, nw, src = d["budget"], d["network"], d["mask_source"]
     lines = ["", "## Does synthetic data help? (downstream segmentation)", "",
              f"A {nw['class']} ({nw['parameters']:,} parameters, channels {nw['channels']}) trained {b['steps']} steps at batch "

@@ -23,7 +23,7 @@ import torch
 
 from synth.errors import SynthError
 from synth.evaluation.bootstrap import draws, interval, wilson
-from synth.evaluation.downstream import ARMS, arm_sets, separated
+from synth.evaluation.downstream import ARMS, arm_sets, fit, num, record, separated
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +38,9 @@ def _net(shape: tuple[int, ...], num_classes: int, cfg: dict) -> torch.nn.Module
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: dict, seed: int,
                      device: torch.device) -> torch.nn.Module:
     """A fresh classifier trained on (images, labels) for cfg.steps steps of cfg.batch_size (cross-entropy, Adam)."""
-    with torch.enable_grad():  # evaluate_run samples under no_grad
-        torch.manual_seed(seed)
-        net = _net(tuple(images.shape[1:]), num_classes, cfg).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]))
-        g = torch.Generator().manual_seed(seed)
-        net.train()
-        for _ in range(int(cfg["steps"])):
-            idx = torch.randint(0, len(images), (min(int(cfg["batch_size"]), len(images)),), generator=g)
-            loss = torch.nn.functional.cross_entropy(net(images[idx].to(device)), labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return net.eval()
+    torch.manual_seed(seed)
+    net = _net(tuple(images.shape[1:]), num_classes, cfg).to(device)
+    return fit(net, images, labels, torch.nn.functional.cross_entropy, cfg, seed, device)
 
 
 @torch.no_grad()
@@ -130,14 +120,10 @@ def classification(
                       "seconds": round(time.perf_counter() - start, 2)}
         log.info("downstream %s: accuracy %.3f, AUC %s on %d test images", name, arms[name]["accuracy"],
                  f"{arms[name]['auc']:.3f}" if arms[name]["auc"] is not None else "—", len(test_labels))
-    n_params = sum(p.numel() for p in _net(tuple(real[0].shape[1:]), num_classes, cfg).parameters())
     return {
         "task": "classification",
         "tested_on": "test split (real images and labels only)",
-        "network": {"class": "monai.networks.nets.Classifier", "channels": list(cfg["channels"]), "num_res_units": int(cfg.get("num_res_units", 1)),
-                    "parameters": int(n_params), "loss": "cross-entropy", "optimizer": "Adam"},
-        "budget": {"steps": int(cfg["steps"]), "batch_size": int(cfg["batch_size"]), "lr": float(cfg["lr"]), "seed": int(seed),
-                   "same_for_every_arm": True},
+        **record(_net(tuple(real[0].shape[1:]), num_classes, cfg), "monai.networks.nets.Classifier", "cross-entropy", cfg, seed),
         "label_source": label_source,
         "classes": list(class_names) if class_names else [str(c) for c in range(num_classes)],
         "test_class_counts": {int(c): int(v) for c, v in zip(*np.unique(test_labels, return_counts=True))},
@@ -149,11 +135,6 @@ def classification(
 
 def section(d: dict) -> list[str]:
     """report.md lines for metrics.json's `downstream` section (classification)."""
-    def num(v, ci=None, f="{:.3f}"):
-        if v is None:
-            return "—"
-        return f.format(v) + (f" [{f.format(ci[0])}, {f.format(ci[1])}]" if ci else "")
-
     b, nw, src = d["budget"], d["network"], d["label_source"]
     counts = ", ".join(f"{d['classes'][c] if c < len(d['classes']) else c}: {k}" for c, k in sorted(d["test_class_counts"].items()))
     lines = ["", "## Does synthetic data help? (downstream classification)", "",
