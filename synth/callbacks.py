@@ -38,7 +38,7 @@ class SampleGrid(L.Callback):
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         kind = "step"
         with torch.no_grad():
-            if getattr(pl_module, "mask_conditioned", False):  # images for validation masks (as many as there are, up to n)
+            if pl_module.mask_conditioned:  # images for validation masks (as many as there are, up to n)
                 masks = trainer.datamodule.mask_items("val", self.n).to(pl_module.device)
                 images = pl_module.sample(len(masks), condition=masks, generator=g, progress=False)
             elif pl_module.can_sample:

@@ -44,7 +44,7 @@ def write_samples(
     if n < 1 or batch_size < 1:
         raise SynthError(f"n={n} and batch_size={batch_size} must both be >= 1")
     sampler = {k: v for k, v in sampler.items() if v is not None}
-    paired = getattr(model, "mask_conditioned", False)
+    paired = model.mask_conditioned
     if paired and condition is not None:
         condition = np.asarray(condition.cpu() if isinstance(condition, torch.Tensor) else condition, dtype=np.float32)
         if len(condition) != n:

@@ -54,7 +54,7 @@ def write(study: optuna.Study, sweep_dir: str | Path, objectives: list[str]) -> 
     best = study.best_trial
     info = {"study": study.study_name, "objective": objectives[0], **_entry(best, sweep_dir, objectives)}
     atomic_write(sweep_dir / "best.yaml", lambda tmp: OmegaConf.save(OmegaConf.create(info), tmp))
-    run_dir = _run_dir(best, sweep_dir)
+    run_dir = Path(info["run_dir"]) if info["run_dir"] else None
     if run_dir and (run_dir / "config.yaml").is_file():
         atomic_write(sweep_dir / "best_config.yaml", lambda tmp: shutil.copyfile(run_dir / "config.yaml", tmp))
     log.info(f"best trial {best.number}: {objectives[0]}={best.value:.5g} with {best.params} -> {sweep_dir / 'best_config.yaml'}")

@@ -73,10 +73,9 @@ def _range(key: str, line: str, value) -> BaseDistribution:
                          f"stop excluded): e.g. {key}=range(1, 5)")
     n = int(math.ceil((stop - start) / step - 1e-9))
     last = start + (n - 1) * step
-    if all(isinstance(v, int) for v in (start, stop, step)):
-        low, high = (start, last) if step > 0 else (last, start)
-        return IntDistribution(int(low), int(high), step=abs(int(step)))
     low, high = (start, last) if step > 0 else (last, start)
+    if all(isinstance(v, int) for v in (start, stop, step)):
+        return IntDistribution(int(low), int(high), step=abs(int(step)))
     return FloatDistribution(float(low), float(round(high, 12)), step=abs(float(step)))
 
 

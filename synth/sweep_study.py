@@ -66,10 +66,6 @@ def open_storage(addr: str) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(addr))
 
 
-def dashboard_hint(addr: str) -> str:
-    return f"optuna-dashboard {addr}"
-
-
 def derive_seed(seed: int | None, n_trials_in_study: int) -> int | None:
     """The sampler seed for the trial asked after `n_trials_in_study` trials (None: unseeded)."""
     if seed is None:

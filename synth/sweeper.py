@@ -242,7 +242,7 @@ class SynthSweeper:
         log.info(f"study {self.study_name}: {n['finished']} of {self.n_trials} trials finished, {n['running']} running elsewhere; "
                  f"{', '.join(self.objectives)} ({', '.join(self.directions)}); sampler {type(study.sampler).__name__}, "
                  f"pruner {type(study.pruner).__name__}; {workers} worker(s) here")
-        log.info(f"storage: {self.address}  (watch it: {sweep_study.dashboard_hint(self.address)})")
+        log.info(f"storage: {self.address}  (watch it: optuna-dashboard {self.address})")
         if in_process and self.n_jobs > 1:
             log.info(f"hydra.sweeper.n_jobs={self.n_jobs}: the basic launcher runs one job at a time in this process; for parallel "
                      "trials use hydra/launcher=submitit_local|slurm, or start more workers on the same storage")
@@ -252,7 +252,7 @@ class SynthSweeper:
             else:
                 self._run_threads(workers)
         finally:
-            sweep_results.write(self._open_study(), self.sweep_dir, self.objectives)
+            sweep_results.write(study, self.sweep_dir, self.objectives)  # reads the storage afresh
         if self.stop_reason:
             raise SweepStopped(f"sweep stopped: {self.stop_reason}: see the job logs ({self.sweep_dir}/<trial>_*/train.log), fix the "
                                "cause and rerun the same command (finished trials are kept)")

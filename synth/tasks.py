@@ -190,7 +190,7 @@ def generate(cfg: DictConfig) -> dict:
     model.to(pick_device(cfg.device))
     condition = OmegaConf.to_container(cfg.condition) if OmegaConf.is_config(cfg.condition) else cfg.condition
     masks_info, n = None, int(cfg.n)
-    if getattr(model, "mask_conditioned", False):
+    if model.mask_conditioned:
         from synth.data.masks import mask_source
 
         if condition is not None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from synth.data.readers import is_image, is_nifti, read_image
+from synth.data.readers import is_image, read_image
+from synth.data.transforms import lesion
 from synth.errors import SynthError
 
 
@@ -23,7 +24,7 @@ def _as_item(arr: np.ndarray, spatial: list[int], name: str) -> np.ndarray:
     if list(a.shape) != spatial:
         raise SynthError(f"mask {name} has shape {list(a.shape)} but the model draws images of size {spatial}: "
                          "give masks on the data's grid (data.image_size), e.g. the mask_*.nii.gz that generate.py wrote")
-    return (a > 0).astype(np.float32)[None]
+    return lesion(a).astype(np.float32)[None]
 
 
 def read_mask_files(path: Path, spatial: list[int]) -> tuple[np.ndarray, list[str]]:
@@ -32,14 +33,18 @@ def read_mask_files(path: Path, spatial: list[int]) -> tuple[np.ndarray, list[st
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if is_image(p) and p.name != "grid.png") if path.is_dir() else []
     if not files:
         raise SynthError(f"masks={path} is neither a mask file nor a folder holding NIfTI/PNG masks: pass one, or masks=train")
+    return _read(files, spatial), [f.name for f in files]
+
+
+def _read(files: list[Path], spatial: list[int]) -> np.ndarray:
+    """Mask files (one label map each) as (k, 1, *S) in {0, 1}."""
     items = []
     for f in files:
         vol = read_image(f)
         if vol.array.shape[0] != 1:
             raise SynthError(f"mask {f} has {vol.array.shape[0]} channels: a mask is one label map (0 = background)")
-        arr = vol.array[0] if is_nifti(f) else vol.array[0] / max(float(vol.array.max()), 1.0)
-        items.append(_as_item(arr, spatial, f.name))
-    return np.stack(items), [f.name for f in files]
+        items.append(_as_item(vol.array[0], spatial, f.name))
+    return np.stack(items)
 
 
 def training_masks(data_cfg: Any, n: int, seed: int) -> tuple[np.ndarray, dict]:
@@ -60,17 +65,17 @@ def training_masks(data_cfg: Any, n: int, seed: int) -> tuple[np.ndarray, dict]:
                         "with_lesion": int((masks[idx].reshape(len(idx), -1).sum(1) > 0).sum())}
 
 
-def mask_source(spec: Any, n: int | None, spatial: list[int], data_cfg: Any = None, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """`masks=train` (the run's training split) or `masks=<file|folder>` -> (n, 1, *S) masks and their record. n=None
-    takes one per file (a folder) or 16 (train); a file or folder with fewer masks than n is cycled."""
+def mask_source(spec: Any, n: int, spatial: list[int], data_cfg: Any = None, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """`masks=train` (the run's training split) or `masks=<file|folder>` -> (n, 1, *S) masks and their record; a file
+    or folder with fewer masks than n is cycled."""
     if spec in (None, ""):
         raise SynthError("this model draws images for given masks: pass masks=train (the run's training split) or masks=<folder|file>")
     if str(spec) == "train":
         if data_cfg is None:
             raise SynthError("masks=train needs the run's data config: pass run_dir=<run>")
-        return training_masks(data_cfg, 16 if n is None else int(n), seed)
+        return training_masks(data_cfg, int(n), seed)
     items, names = read_mask_files(Path(str(spec)), spatial)
-    k = len(items) if n is None else int(n)
+    k = int(n)
     idx = np.arange(k) % len(items)
     return items[idx], {"source": str(Path(str(spec)).resolve()), "files": [names[i] for i in idx],
                         "with_lesion": int((items[idx].reshape(k, -1).sum(1) > 0).sum())}
@@ -81,8 +86,4 @@ def paired_masks(folder: Path, spatial: list[int], n: int) -> np.ndarray:
     files = sorted(p for p in Path(folder).iterdir() if p.name.startswith("mask_") and is_image(p))
     if len(files) != n:
         raise SynthError(f"{folder} holds {n} samples but {len(files)} mask_* files: pass a folder generate.py wrote for a mask-conditioned run")
-    items = []
-    for f in files:
-        vol = read_image(f)
-        items.append(_as_item(vol.array[0], spatial, f.name))
-    return np.stack(items)
+    return _read(files, spatial)

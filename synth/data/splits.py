@@ -12,7 +12,7 @@ import numpy as np
 
 from synth.data.blocks import cut_blocks
 from synth.data.readers import Subject
-from synth.data.transforms import Processed
+from synth.data.transforms import Processed, lesion
 from synth.errors import SynthError
 
 SPLITS = ("train", "val", "test")
@@ -114,6 +114,6 @@ def block_items(p: Processed, subject: Subject) -> Processed:
         return replace(p, items=p.items[a:e], seg_labels=labels, index=None, seg=None, notes=None, masks=masks)
     box = tuple(slice(a, b) for a, b in subject.extra["box"])
     labels = None if p.seg is None else np.array([int((p.seg[box] > 0).any())], dtype=np.int64)
-    masks = None if p.seg is None else (p.seg[box] > 0).astype(np.uint8)[None, None]
+    masks = None if p.seg is None else lesion(p.seg[box])[None, None]
     return replace(p, items=np.ascontiguousarray(p.items[0][(slice(None), *box)][None]), seg_labels=labels, index=None, seg=None,
                    notes=None, masks=masks)

@@ -36,6 +36,12 @@ class Processed:
     masks: np.ndarray | None = None  # data.masks=true: uint8 (N, 1, *image_size) lesion masks (seg > 0) of the items
 
 
+def lesion(seg: np.ndarray) -> np.ndarray:
+    """The mask served with data.masks=true: every label above 0 of a label map, as uint8 0/1 (one definition for
+    whole items, 2D slices and blocks; generate.py's mask files are read the same way)."""
+    return (np.asarray(seg) > 0).astype(np.uint8)
+
+
 def slice_index(array: np.ndarray, slice_range, step: int, use_all: bool = False) -> np.ndarray:
     """Indices along the last axis within `slice_range` of the foreground (> -1) extent."""
     n = array.shape[-1]
@@ -171,11 +177,11 @@ class Preprocess:
             index = [int(i) for i in idx]
             items = np.ascontiguousarray(np.moveaxis(arr[..., idx], -1, 0))
             seg_labels = None if seg is None else (seg[..., idx] > 0).any(axis=(0, 1)).astype(np.int64)
-            masks = None if not self.masks else np.ascontiguousarray(np.moveaxis(seg[..., idx] > 0, -1, 0)[:, None]).astype(np.uint8)
+            masks = None if not self.masks else np.ascontiguousarray(np.moveaxis(lesion(seg[..., idx]), -1, 0)[:, None])
         else:
             items = arr[None]
             seg_labels = None if seg is None else np.array([int((seg > 0).any())], dtype=np.int64)
-            masks = None if not self.masks else (seg > 0).astype(np.uint8)[None, None]
+            masks = None if not self.masks else lesion(seg)[None, None]
         if not resampled and not (whole and self.spatial_dims == 3):
             in_shape = items.shape[2:]
             items = np.stack([self.fit(it, name) for it in items]).astype(np.float32, copy=False)

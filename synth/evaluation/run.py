@@ -100,10 +100,10 @@ def evaluate_run(
     splits = reference.splits_from_datamodule(dm)
     images, labels, masks = None, None, None
     task = (downstream or {}).get("task")
-    if task == "segmentation" and not getattr(model, "mask_conditioned", False):
+    if task == "segmentation" and not model.mask_conditioned:
         raise SynthError(f"downstream=segmentation trains on synthetic (image, mask) pairs, but this {model.name} run draws no images for "
                          "masks: evaluate a model=controlnet run (or drop downstream=)")
-    if task == "classification" and (not model.conditional or getattr(model, "mask_conditioned", False)):
+    if task == "classification" and (not model.conditional or model.mask_conditioned):
         raise SynthError(f"downstream=classification trains on synthetic images of known classes, but this {model.name} run is not "
                          "class-conditional: evaluate a run trained with model.num_classes=<classes> on labelled data (or drop downstream=)")
     if task == "classification" and (len(splits["train"][1]) == 0 or (splits["train"][1] < 0).any()):
@@ -128,7 +128,7 @@ def evaluate_run(
         if task == "classification":  # the training split's labels, in order (cycled): its class mix, never the test split's
             condition = [int(splits["train"][1][k % len(splits["train"][1])]) for k in range(n)]
         masks_info = None
-        if getattr(model, "mask_conditioned", False):  # images for masks of the training split (never the test masks)
+        if model.mask_conditioned:  # images for masks of the training split (never the test masks)
             from synth.data.masks import training_masks
 
             condition, masks_info = training_masks(train_cfg.data, n, seed)
@@ -161,7 +161,8 @@ def evaluate_run(
     elif task == "segmentation":
         from synth.evaluation.downstream import segmentation
 
-        info["downstream"] = segmentation((dm.images("train"), dm.mask_items("train")), (dm.images("test"), dm.mask_items("test")),
+        info["downstream"] = segmentation((torch.from_numpy(splits["train"][0]), dm.mask_items("train")),
+                                          (torch.from_numpy(splits["test"][0]), dm.mask_items("test")),
                                           (torch.from_numpy(np.asarray(images)), torch.as_tensor(np.asarray(masks))), dict(downstream),
                                           masks_info, seed=seed, n_boot=n_boot, device=dev)
     return measure(images, labels, sets, out_dir, info, cost, model=model, volume_axes=is_volume_axes(dm.meta),

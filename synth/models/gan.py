@@ -6,6 +6,8 @@ Validation compares samples with the validation images as sets (`val/mmd_rbf`, s
 warns once when the game signals mode collapse (synth/models/collapse.py)."""
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,7 +21,8 @@ from synth.models.collapse import CollapseWatch
 LOSSES = ("bce", "lsgan", "hinge", "wgan")
 
 
-def _lsgan() -> nn.Module:
+@functools.lru_cache(maxsize=1)
+def _lsgan() -> nn.Module:  # one instance: called three times per training step
     from monai.losses import PatchAdversarialLoss
 
     # no_activation_leastsq: Mao et al.'s LSGAN on the raw scores (MONAI's default squashes them with a sigmoid first,
