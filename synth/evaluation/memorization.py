@@ -1,11 +1,18 @@
 """Memorization audit with a threshold calibrated on held-out real data.
 
 Similarity: for an image, its highest Pearson correlation with any training image (all channels and voxels),
-both images low-passed first with a Gaussian of sigma 2 voxels (`SMOOTH_SIGMA`). Raw correlation rewards
-smoothness: a blurred image correlates more with every training image than a sharp unseen one does, so a blurry
-model looked like a copier; compared at a common resolution, a blurred generic image scores like an unseen real
-image while exact and blurry copies of a training image still score about 1. How close an unseen real image naturally is to the training set depends on the data (smooth anatomy from one
-brain: r > 0.99; varied tiles: r ~ 0.5), so no fixed threshold fits. The threshold is the `quantile` (0.99) of
+both images low-passed first with a Gaussian of sigma 2 voxels (`SMOOTH_SIGMA`), over every shift of the image by
+up to 1/16 of its size along each axis (`SHIFT_FRACTION`), compared on the part of the frame both images share.
+A training image moved by a few voxels is still a copy: unshifted, a 64x64 MNI152 slice moved by 3-4 pixels
+correlated 0.79-0.90 with itself, far below what an unseen slice 8 mm away scores (0.98). Shifts are searched
+against each image's `CANDIDATES` nearest training images by unshifted correlation (a shifted copy keeps its source
+among them), so the cost does not grow with the training set. The low-pass: raw correlation rewards smoothness (a
+blurred image correlates more with every training image than a sharp unseen one does, so a blurry model looked
+like a copier); at a common resolution a blurred generic image scores like an unseen real image while exact and
+blurry copies of a training image still score about 1.
+
+How close an unseen real image naturally is to the training set depends on the data (smooth anatomy from one
+brain: r > 0.97; varied tiles: r ~ 0.5), so no fixed threshold fits. The threshold is the `quantile` (0.99) of
 the nearest-neighbour similarities of the VAL split to the training split; the TEST split checks it (about
 1 - quantile of its images should lie above, and that fraction is reported), so calibration and check never
 share images. A sample at or above the threshold is closer to a training image than 99 % of unseen real images
@@ -15,6 +22,7 @@ Meehan et al. 2020's C_T data-copying test: AUC 0.5 = samples are as close to th
 images, near 1 = systematically closer, i.e. copying)."""
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -28,6 +36,8 @@ log = logging.getLogger(__name__)
 
 
 SMOOTH_SIGMA = 2.0  # voxels
+SHIFT_FRACTION = 1 / 16  # of each spatial size: shifts a copy may have
+CANDIDATES = 16  # nearest training images (unshifted) searched over shifts
 
 
 def smooth(images: np.ndarray, sigma: float = SMOOTH_SIGMA) -> np.ndarray:
@@ -38,21 +48,46 @@ def smooth(images: np.ndarray, sigma: float = SMOOTH_SIGMA) -> np.ndarray:
     return ndimage.gaussian_filter(x, sigma=(0, 0, *[sigma] * (x.ndim - 2)), mode="nearest")
 
 
-def _unit_rows(images: np.ndarray) -> torch.Tensor:
-    x = torch.as_tensor(smooth(images)).double().flatten(1)
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows centred and scaled to unit norm (their dot products are Pearson correlations)."""
+    x = x.double().flatten(1)
     x = x - x.mean(1, keepdim=True)
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def max_shift(spatial: tuple[int, ...]) -> list[int]:
+    """Voxels an image may be moved along each spatial axis and still count as the same image."""
+    return [int(round(n * SHIFT_FRACTION)) for n in spatial]
+
+
+def _best_over_shifts(query: torch.Tensor, candidates: torch.Tensor, shifts: list[int]) -> torch.Tensor:
+    """Highest correlation of a low-passed (C, *S) query with each low-passed (K, C, *S) candidate over every shift
+    of up to `shifts` voxels per axis, on the part of the frame the two share after the shift: (K,)."""
+    n = query.shape[1:]
+    best = torch.full((len(candidates),), -1.0, dtype=torch.float64)
+    for off in itertools.product(*[range(-s, s + 1) for s in shifts]):
+        q = query[(slice(None), *[slice(max(o, 0), m + min(o, 0)) for o, m in zip(off, n)])]
+        c = candidates[(slice(None), slice(None), *[slice(max(-o, 0), m + min(-o, 0)) for o, m in zip(off, n)])]
+        best = torch.maximum(best, _unit(c) @ _unit(q.unsqueeze(0))[0])
+    return best
+
+
 def nearest(queries: np.ndarray, train: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """For each query its highest Pearson correlation with any training image, and that image's index."""
-    t = _unit_rows(train)
+    """For each query its highest Pearson correlation with any training image over small shifts (module
+    docstring), and that image's index."""
+    train_s = torch.as_tensor(smooth(train))
+    t = _unit(train_s)
+    shifts = max_shift(tuple(np.shape(train)[2:]))
     best, index = [], []
     for k in range(0, len(queries), chunk):
-        value, idx = (_unit_rows(queries[k:k + chunk]) @ t.T).max(dim=1)
-        best.append(value)
-        index.append(idx)
-    return torch.cat(best).numpy(), torch.cat(index).numpy()
+        q = torch.as_tensor(smooth(queries[k:k + chunk]))
+        top = (_unit(q) @ t.T).topk(min(CANDIDATES, len(t)), dim=1).indices
+        for i in range(len(q)):
+            r = _best_over_shifts(q[i], train_s[top[i]], shifts)
+            j = int(r.argmax())
+            best.append(float(r[j]))
+            index.append(int(top[i, j]))
+    return np.asarray(best, dtype=np.float64), np.asarray(index, dtype=np.int64)
 
 
 def calibrate(calibration_scores: np.ndarray, quantile: float) -> dict:
@@ -104,7 +139,8 @@ def audit(samples: np.ndarray, train: np.ndarray, calibration: np.ndarray, held_
     t = cal["threshold"]
     order = np.argsort(-raw["synthetic"][0])[:pairs]
     result = {
-        "similarity": f"pearson correlation with the nearest training image, both low-passed (Gaussian sigma {SMOOTH_SIGMA:g} voxels)",
+        "similarity": f"pearson correlation with the nearest training image, both low-passed (Gaussian sigma {SMOOTH_SIGMA:g} voxels), "
+                      f"best over shifts of up to {max_shift(tuple(np.shape(train)[2:]))} voxels",
         "threshold": t,
         "calibration": cal,
         "n_train": int(len(train)),
