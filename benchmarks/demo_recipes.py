@@ -4,7 +4,7 @@ CPU time it took and its evaluation (FRD with 95 % interval beside the real-vs-r
 verdict).
 
     python benchmarks/demo_recipes.py                  # run every recipe below (about 10 minutes each, quiet 2 cores)
-    python benchmarks/demo_recipes.py --only rflow-1000  # one of them
+    python benchmarks/demo_recipes.py --only rflow-800   # one of them
     python benchmarks/demo_recipes.py --render         # only rewrite docs/demo_recipes.md from docs/demo_recipes.json
     python benchmarks/demo_recipes.py --rescore "<recipe>=<run dir>"  # re-evaluate a kept run (after a metric fix)
 
@@ -31,15 +31,17 @@ JSON = ROOT / "docs" / "demo_recipes.json"
 MD = ROOT / "docs" / "demo_recipes.md"
 DEMO = ROOT / "docs" / "demo"
 
-# name -> train.py overrides on top of the defaults ("rflow-1000" is the default: no overrides)
+# name -> train.py overrides on top of the defaults ("rflow-800" is the default: no overrides)
 RECIPES = {
     "ddpm-800 (before #17)": ["model=ddpm", "trainer.max_steps=800", "trainer.val_check_interval=200"],
-    "rflow-1000 (default)": [],
-    "rflow-1000, lr 2e-3": ["model.optimizer.lr=2e-3"],
+    "rflow-800 (default)": [],
+    "rflow-1000": ["trainer.max_steps=1000", "trainer.val_check_interval=250"],
+    "rflow-1000, lr 2e-3": ["model.optimizer.lr=2e-3", "trainer.max_steps=1000", "trainer.val_check_interval=250"],
     # torchio affine + elastic deformation of the template slices: against copying one brain (#17)
     "rflow-1000-augmented": ["data.augment=[{_target_:torchio.RandomAffine,scales:[0.9,1.1,0.9,1.1,1,1],degrees:[0,0,0,0,-8,8],"
                              "translation:[-3,3,-3,3,0,0],default_pad_value:minimum},{_target_:torchio.RandomElasticDeformation,"
-                             "num_control_points:[7,7,5],max_displacement:[4,4,0],locked_borders:2}]", "data.num_workers=0"],
+                             "num_control_points:[7,7,5],max_displacement:[4,4,0],locked_borders:2}]", "data.num_workers=0",
+                             "trainer.max_steps=1000", "trainer.val_check_interval=250"],
 }
 
 
@@ -139,7 +141,7 @@ def main() -> None:
     rows = json.loads(JSON.read_text()) if JSON.is_file() else []
     for item in a.rescore or []:
         name, run = item.split("=", 1)
-        eval_dir = Path(run) / "eval" / "rescored"
+        eval_dir = Path(run) / "eval" / time.strftime("rescored-%Y%m%d-%H%M%S")  # evaluations are never overwritten
         _run("evaluate.py", [f"run_dir={run}", "n=64", f"hydra.run.dir={eval_dir}"])
         metrics = row_metrics(json.loads((eval_dir / "metrics.json").read_text()))
         hits = [r for r in rows if r["recipe"] == name]
