@@ -211,6 +211,27 @@ def test_a_training_slice_moved_by_a_few_pixels_is_still_a_copy():
     assert max(m["correlation"] for m in result["closest_pairs"]) <= 1.0 + 1e-9
 
 
+def test_authenticity_counts_samples_closer_than_the_training_slices_own_neighbours():
+    """Alaa et al.'s authenticity on the demo's slices, where training slices lie 1 mm apart (r ~0.9993): exact
+    training copies are all closer to their slice than its neighbour is, unseen test slices (8 mm away) none, and
+    the mean of two neighbouring training slices is closer to each than they are to each other: with slices 1 mm
+    apart, drawing between training slices is not new either."""
+    sp = _mni152_splits()
+    train, val, test = sp["train"], sp["val"], sp["test"]
+    noise = np.random.default_rng(0).uniform(-1, 1, test.shape).astype(np.float32)
+    copies, _ = memorization.audit(train[:16], train, val, test, noise)
+    auth = copies["closer_than_training_neighbours"]
+    assert auth["synthetic"]["n_closer"] == 16 and auth["real_held_out"]["n_closer"] == 0
+    sim, idx = memorization.nearest(train, train, exclude=np.arange(len(train)))
+    assert (idx != np.arange(len(train))).all() and 0.99 < np.median(sim) < 1.0
+    between = (train[:-1] + train[1:]) / 2
+    pair = np.array([np.corrcoef(memorization.smooth(train[i:i + 1]).ravel(), memorization.smooth(train[i + 1:i + 2]).ravel())[0, 1] for i in range(len(train) - 1)])
+    adjacent = pair > 0.99  # consecutive items from the same slab
+    mid = memorization.authenticity({"synthetic": memorization.nearest(between[adjacent], train), "real_held_out": memorization.nearest(test, train)}, train)
+    assert adjacent.sum() >= 16 and mid["synthetic"]["fraction"] == 1.0
+    assert mid["real_held_out"]["n_closer"] == 0
+
+
 def test_bootstrap_helpers_on_known_cases():
     """The interval of a mean matches the normal one; Wilson at 0/n; kernel MMD = MONAI's formula; W1 and KS =
     scipy's."""

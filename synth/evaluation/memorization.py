@@ -72,16 +72,19 @@ def _best_over_shifts(query: torch.Tensor, candidates: torch.Tensor, shifts: lis
     return best
 
 
-def nearest(queries: np.ndarray, train: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def nearest(queries: np.ndarray, train: np.ndarray, chunk: int = 256, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For each query its highest Pearson correlation with any training image over small shifts (module
-    docstring), and that image's index."""
+    docstring), and that image's index; `exclude`: per query, a training index it may not match (itself)."""
     train_s = torch.as_tensor(smooth(train))
     t = _unit(train_s)
     shifts = max_shift(tuple(np.shape(train)[2:]))
     best, index = [], []
     for k in range(0, len(queries), chunk):
         q = torch.as_tensor(smooth(queries[k:k + chunk]))
-        top = (_unit(q) @ t.T).topk(min(CANDIDATES, len(t)), dim=1).indices
+        plain = _unit(q) @ t.T
+        if exclude is not None:
+            plain[torch.arange(len(q)), torch.as_tensor(exclude[k:k + chunk])] = -np.inf
+        top = plain.topk(min(CANDIDATES, len(t) - (exclude is not None)), dim=1).indices
         for i in range(len(q)):
             r = _best_over_shifts(q[i], train_s[top[i]], shifts)
             j = int(r.argmax())
@@ -129,6 +132,24 @@ def closer_than_real(samples: np.ndarray, held_out: np.ndarray) -> dict:
             "meaning": "0.5: samples are as close to the training set as unseen real images; near 1: closer (copying)"}
 
 
+def authenticity(scores: dict[str, tuple[np.ndarray, np.ndarray]], train: np.ndarray) -> dict:
+    """Alaa et al. 2022's authenticity: an image is closer to its nearest training image than that training image
+    is to its own nearest other training image (the training set's local spacing, e.g. 1 mm neighbouring slices).
+    Per set of (similarity, nearest index): the count and share closer than that, with a Wilson interval; unseen
+    real images give the share to compare with. Stricter than the threshold where training images are dense."""
+    used = np.unique(np.concatenate([idx for _, idx in scores.values()]))
+    if len(train) < 2 or not len(used):
+        return {}
+    own = dict(zip(used.tolist(), nearest(train[used], train, exclude=used)[0].tolist()))
+    out = {}
+    for name, (sim, idx) in scores.items():
+        k = int(sum(s > own[int(j)] for s, j in zip(sim, idx)))
+        out[name] = {"n": int(len(sim)), "n_closer": k, "fraction": k / len(sim) if len(sim) else float("nan"), "ci": wilson(k, len(sim))}
+    out["meaning"] = ("images closer to their nearest training image than that image is to its nearest other training image "
+                      "(Alaa et al. 2022, authenticity); compare the samples' share with unseen real images'")
+    return out
+
+
 def audit(samples: np.ndarray, train: np.ndarray, calibration: np.ndarray, held_out: np.ndarray, noise: np.ndarray,
           quantile: float = 0.99, pairs: int = 8) -> tuple[dict, dict]:
     """The audit as JSON (synthetic, test-split real images and noise against the training images; the
@@ -146,6 +167,7 @@ def audit(samples: np.ndarray, train: np.ndarray, calibration: np.ndarray, held_
         "n_train": int(len(train)),
         **{name: summary(scores, t) for name, (scores, _) in raw.items()},
         "closer_than_real": closer_than_real(raw["synthetic"][0], raw["real_held_out"][0]),
+        "closer_than_training_neighbours": authenticity({k: raw[k] for k in ("synthetic", "real_held_out")}, train),
         "closest_pairs": [{"sample": int(i), "train_index": int(raw["synthetic"][1][i]), "correlation": float(raw["synthetic"][0][i])} for i in order],
     }
     result["real_held_out"]["split"], result["real_val"]["split"] = "test", "val"

@@ -201,6 +201,13 @@ def _memorization_section(m: dict) -> list[str]:
                      f"{fmt(s['fraction_above'])}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "") + " |")
     lines += ["", f"Samples vs unseen test images (a whole-set form of Meehan et al. 2020's C_T test): AUC {fmt(ctr['auc'])} "
               f"(one-sided Mann-Whitney p = {ctr['p_value']:.3g}); {ctr['meaning']}.", ""]
+    auth = mem.get("closer_than_training_neighbours") or {}
+    if auth:
+        syn, real = auth["synthetic"], auth["real_held_out"]
+        lines += [f"Closer to their nearest training image than that image is to its nearest other training image "
+                  f"(Alaa et al. 2022's authenticity): {syn['n_closer']} of {syn['n']} samples ({fmt(syn['fraction'])} "
+                  f"[{fmt(syn['ci'][0])}, {fmt(syn['ci'][1])}]), {real['n_closer']} of {real['n']} unseen test images "
+                  f"({fmt(real['fraction'])}).", ""]
     return lines + ["![closest pairs](nearest_pairs.png)", "", "![nearest-neighbour correlations](memorization.png)", ""]
 
 
