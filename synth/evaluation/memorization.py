@@ -48,9 +48,9 @@ def smooth(images: np.ndarray, sigma: float = SMOOTH_SIGMA) -> np.ndarray:
     return ndimage.gaussian_filter(x, sigma=(0, 0, *[sigma] * (x.ndim - 2)), mode="nearest")
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
+def _unit(x: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Rows centred and scaled to unit norm (their dot products are Pearson correlations)."""
-    x = x.double().flatten(1)
+    x = x.to(dtype).flatten(1)
     x = x - x.mean(1, keepdim=True)
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -60,35 +60,59 @@ def max_shift(spatial: tuple[int, ...]) -> list[int]:
     return [int(round(n * SHIFT_FRACTION)) for n in spatial]
 
 
-def _best_over_shifts(query: torch.Tensor, candidates: torch.Tensor, shifts: list[int]) -> torch.Tensor:
-    """Highest correlation of a low-passed (C, *S) query with each low-passed (K, C, *S) candidate over every shift
-    of up to `shifts` voxels per axis, on the part of the frame the two share after the shift: (K,)."""
+def _overlap(query: torch.Tensor, candidates: torch.Tensor, off) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query (C, *S) moved by `off` voxels and the candidates (K, C, *S), cut to the frame they then share."""
     n = query.shape[1:]
-    best = torch.full((len(candidates),), -1.0, dtype=torch.float64)
-    for off in itertools.product(*[range(-s, s + 1) for s in shifts]):
-        q = query[(slice(None), *[slice(max(o, 0), m + min(o, 0)) for o, m in zip(off, n)])]
-        c = candidates[(slice(None), slice(None), *[slice(max(-o, 0), m + min(-o, 0)) for o, m in zip(off, n)])]
-        best = torch.maximum(best, _unit(c) @ _unit(q.unsqueeze(0))[0])
-    return best
+    q = query[(slice(None), *[slice(max(o, 0), m + min(o, 0)) for o, m in zip(off, n)])]
+    return q, candidates[(slice(None), slice(None), *[slice(max(-o, 0), m + min(-o, 0)) for o, m in zip(off, n)])]
+
+
+def _search(query: torch.Tensor, candidates: torch.Tensor, offsets: list) -> torch.Tensor:
+    """Correlations (float32, for ranking) of each candidate with the query at each offset: (K, offsets)."""
+    out = []
+    for off in offsets:
+        q, c = _overlap(query, candidates, off)
+        out.append(_unit(c, torch.float32) @ _unit(q.unsqueeze(0), torch.float32)[0])
+    return torch.stack(out, dim=1)
+
+
+def _best_match(query: torch.Tensor, candidates: torch.Tensor, shifts: list[int]) -> tuple[float, int]:
+    """The candidate most like the low-passed (C, *S) query over every shift of up to `shifts` voxels per axis, and
+    that correlation (float64, on the shared frame). Shifts of 2+ voxels are searched coarse to fine: on images
+    pooled 2x (lossless enough after the sigma-2 low-pass) over half the range, then at full resolution within one
+    voxel of the best coarse offset of the 4 best candidates; 17x less work for 64^3 volumes than every shift."""
+    offsets = lambda ranges: [tuple(o) for o in itertools.product(*ranges)]  # noqa: E731
+    if min(shifts) >= 2:
+        pool = getattr(torch.nn.functional, f"avg_pool{len(shifts)}d")
+        coarse = offsets([range(-(s // 2), s // 2 + 1) for s in shifts])
+        r = _search(pool(query.unsqueeze(0), 2)[0], pool(candidates, 2), coarse)
+        keep = r.max(1).values.topk(min(4, len(candidates))).indices.tolist()
+        trials = [(k, off) for k in keep for off in set(offsets([range(max(-s, 2 * c - 1), min(s, 2 * c + 1) + 1)
+                                                                 for c, s in zip(coarse[int(r[k].argmax())], shifts)]))]
+    else:
+        trials = [(k, off) for off in offsets([range(-s, s + 1) for s in shifts]) for k in range(len(candidates))]
+    fine = torch.cat([_search(query, candidates[k:k + 1], [off])[0] for k, off in trials])
+    k, off = trials[int(fine.argmax())]
+    q, c = _overlap(query, candidates[k:k + 1], off)
+    return float(_unit(c) @ _unit(q.unsqueeze(0))[0]), k
 
 
 def nearest(queries: np.ndarray, train: np.ndarray, chunk: int = 256, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For each query its highest Pearson correlation with any training image over small shifts (module
     docstring), and that image's index; `exclude`: per query, a training index it may not match (itself)."""
     train_s = torch.as_tensor(smooth(train))
-    t = _unit(train_s)
+    t = _unit(train_s, torch.float32)
     shifts = max_shift(tuple(np.shape(train)[2:]))
     best, index = [], []
     for k in range(0, len(queries), chunk):
         q = torch.as_tensor(smooth(queries[k:k + chunk]))
-        plain = _unit(q) @ t.T
+        plain = _unit(q, torch.float32) @ t.T
         if exclude is not None:
             plain[torch.arange(len(q)), torch.as_tensor(exclude[k:k + chunk])] = -np.inf
         top = plain.topk(min(CANDIDATES, len(t) - (exclude is not None)), dim=1).indices
         for i in range(len(q)):
-            r = _best_over_shifts(q[i], train_s[top[i]], shifts)
-            j = int(r.argmax())
-            best.append(float(r[j]))
+            value, j = _best_match(q[i], train_s[top[i]], shifts)
+            best.append(value)
             index.append(int(top[i, j]))
     return np.asarray(best, dtype=np.float64), np.asarray(index, dtype=np.int64)
 
