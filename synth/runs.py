@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -299,3 +299,23 @@ def load_run(run_dir: str | Path, ckpt: str = "last"):
     check_fits(model, state, path, str(run_dir))
     model.data_meta = state["synth"].get("data_meta", {})
     return model, train_cfg
+
+
+def load_frozen_run(run_dir: Any, key: str, image_shape: tuple[int, ...], refuse: Callable[[DictConfig], str | None],
+                    train_first: str, kind: str, noun: str):
+    """A trained run another model builds on, frozen (the LDM's autoencoder, a ControlNet's base): `run_dir` checked
+    to be a synth run, its config vetted by `refuse` (why it cannot serve, or None), its best checkpoint (else last)
+    loaded and its image shape checked against this data. Errors name `key` (the config key that gave the dir)."""
+    if run_dir in (None, "", "???") or not Path(str(run_dir)).is_dir():
+        raise SynthError(f"{key}={run_dir} is not a run dir: {train_first}")
+    run = Path(str(run_dir)).resolve()
+    if not (run / "config.yaml").is_file():
+        raise SynthError(f"{key}={run_dir} is not a synth run dir (no config.yaml): pass the dir of {kind}")
+    reason = refuse(load_run_config(run))
+    if reason:
+        raise SynthError(f"{key}={run_dir} {reason}")
+    model, cfg = load_run(run, "best" if any((run / "checkpoints").glob("best-*.ckpt")) else "last")
+    if tuple(model.image_shape) != tuple(image_shape):
+        raise SynthError(f"the {noun} of {run_dir} was trained on images {list(model.image_shape)} (channels, size) but this data gives "
+                         f"{list(image_shape)}: use the same data.channels and data.image_size as that run")
+    return model, cfg, run

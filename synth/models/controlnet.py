@@ -10,7 +10,6 @@ copies its autoencoder; the ControlNet keeps its own EMA.
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,26 +30,21 @@ SHARED = ("spatial_dims", "in_channels", "channels", "attention_levels", "num_re
           "upcast_attention", "include_fc", "use_combined_linear", "use_flash_attention")
 
 
+def _refuse_base(cfg) -> str | None:
+    """Why a run cannot be a ControlNet's base, or None."""
+    if cfg.model.get("family") != "diffusion" or cfg.model.get("autoencoder_run") is not None or cfg.model.get("base_run") is not None:
+        return f"is a {cfg.model.get('name')} run: a ControlNet steers an image-space diffusion run (ddpm or rflow)"
+    if int(cfg.model.get("num_classes") or 0) > 0:
+        return "is class-conditional: train the base ddpm with model.num_classes=0 (the masks condition here)"
+    return None
+
+
 def load_base(run_dir: Any, image_shape: tuple[int, ...]):
     """The trained diffusion run under `run_dir` (best checkpoint, else last) and its config, checked against this data."""
-    from synth.runs import load_run, load_run_config
+    from synth.runs import load_frozen_run
 
-    if run_dir in (None, "", "???") or not Path(str(run_dir)).is_dir():
-        raise SynthError(f"model.base_run={run_dir} is not a run dir: train a ddpm first (python train.py model=ddpm data.masks=true ...) and pass its dir")
-    run = Path(str(run_dir)).resolve()
-    if not (run / "config.yaml").is_file():
-        raise SynthError(f"model.base_run={run_dir} is not a synth run dir (no config.yaml): pass the dir of a ddpm or rflow run")
-    cfg = load_run_config(run)
-    if cfg.model.get("family") != "diffusion" or cfg.model.get("autoencoder_run") is not None or cfg.model.get("base_run") is not None:
-        raise SynthError(f"model.base_run={run_dir} is a {cfg.model.get('name')} run: a ControlNet steers an image-space diffusion run (ddpm or rflow)")
-    if int(cfg.model.get("num_classes") or 0) > 0:
-        raise SynthError(f"model.base_run={run_dir} is class-conditional: train the base ddpm with model.num_classes=0 (the masks condition here)")
-    which = "best" if list((run / "checkpoints").glob("best-*.ckpt")) else "last"
-    base, _ = load_run(run, which)
-    if tuple(base.image_shape) != tuple(image_shape):
-        raise SynthError(f"the ddpm of {run_dir} was trained on images {list(base.image_shape)} (channels, size) but this data gives "
-                         f"{list(image_shape)}: use the same data.channels and data.image_size as that run")
-    return base, cfg, run
+    return load_frozen_run(run_dir, "model.base_run", image_shape, _refuse_base, kind="a ddpm or rflow run", noun="ddpm",
+                           train_first="train a ddpm first (python train.py model=ddpm data.masks=true ...) and pass its dir")
 
 
 class ControlNetModule(DiffusionModule):

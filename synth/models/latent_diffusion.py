@@ -7,7 +7,6 @@ so clipping them shrinks the samples' spread)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,23 +20,14 @@ log = logging.getLogger(__name__)
 
 def load_autoencoder(run_dir: str, image_shape: tuple[int, ...]):
     """The trained autoencoder of `run_dir` (best checkpoint, else last), checked against this run's data."""
-    from synth.runs import load_run, load_run_config
+    from synth.runs import load_frozen_run
 
-    if run_dir in (None, "", "???") or not Path(str(run_dir)).is_dir():
-        raise SynthError(f"model.autoencoder_run={run_dir} is not a run dir: train one first (python train.py model=vae ...) and pass its dir")
-    run = Path(str(run_dir)).resolve()
-    if not (run / "config.yaml").is_file():
-        raise SynthError(f"model.autoencoder_run={run_dir} is not a synth run dir (no config.yaml): pass the dir of a vae, ae or vqvae run")
-    family = load_run_config(run).model.get("family")
-    if family != "autoencoder":
-        raise SynthError(f"model.autoencoder_run={run_dir} is a {family} run: latent diffusion needs a vae, ae or vqvae run")
-    which = "best" if list((run / "checkpoints").glob("best-*.ckpt")) else "last"
-    ae, _ = load_run(run, which)
-    if tuple(ae.image_shape) != tuple(image_shape):
-        raise SynthError(
-            f"the autoencoder of {run_dir} was trained on images {list(ae.image_shape)} (channels, size) but this data gives "
-            f"{list(image_shape)}: use the same data.channels and data.image_size as that run"
-        )
+    def refuse(cfg) -> str | None:
+        family = cfg.model.get("family")
+        return None if family == "autoencoder" else f"is a {family} run: latent diffusion needs a vae, ae or vqvae run"
+
+    ae, _, run = load_frozen_run(run_dir, "model.autoencoder_run", image_shape, refuse, kind="a vae, ae or vqvae run", noun="autoencoder",
+                                 train_first="train one first (python train.py model=vae ...) and pass its dir")
     return ae, run
 
 
