@@ -158,3 +158,15 @@ def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(train_c
     micro_batches = trainer.fit_loop.epoch_loop.batch_progress.total.completed
     assert trainer.global_step == 3 and micro_batches > 3, "two micro-batches per optimizer step (an epoch's last one steps alone)"
     assert int(model.ema.n_averaged) == trainer.global_step, f"EMA updated {int(model.ema.n_averaged)} times for {trainer.global_step} optimizer steps"
+
+
+def test_ema_warm_up_is_one_formula_for_every_family():
+    """The diffusion families' EMA and StyleGAN2's G_ema warm up the same way: decay (1+n)/(10+n) up to the set
+    decay, so after the first update the average holds 90 % of the trained weights, not 0.1 %."""
+    from synth.models.base import warmed_decay
+    from synth.models.diffusion import ema_update
+
+    assert warmed_decay(0.999, 0) == pytest.approx(0.1) and warmed_decay(0.999, 90) == pytest.approx(0.91)
+    assert warmed_decay(0.999, 10**6) == 0.999 and warmed_decay(0.5, 90) == 0.5
+    avg = ema_update(torch.zeros(3), torch.ones(3), torch.tensor(0), decay=0.999)
+    assert torch.allclose(avg, torch.full((3,), 0.9))

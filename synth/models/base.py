@@ -32,6 +32,12 @@ def build(cfg: Any, **overrides: Any) -> Any:
 SAMPLER_KEYS = ("sampler", "steps", "guidance", "eta")  # what generate.py / evaluate.py may pass to sample()
 
 
+def warmed_decay(decay: float, n: int | float) -> float:
+    """The EMA decay at update `n`: grows as (1+n)/(10+n) up to `decay`, so short runs are not stuck near init
+    (the diffusion families' EMA and StyleGAN2's G_ema)."""
+    return min(float(decay), (1.0 + float(n)) / (10.0 + float(n)))
+
+
 def _no_closure() -> None:
     """Manual optimization ran backward already: the optimizer step's closure has nothing left to do."""
 

@@ -17,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from synth.errors import SynthError
-from synth.models.base import GenerativeModule, build
+from synth.models.base import GenerativeModule, build, warmed_decay
 from synth.models.samplers import strided_step
 from synth.models.speed import checkpoint_unet_blocks, compile_mode, memory_format, to_channels_last
 
@@ -29,9 +29,8 @@ def _own_args(cls) -> set[str]:
 
 
 def ema_update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor, decay: float) -> torch.Tensor:
-    """EMA with warm-up (decay grows as (1+n)/(10+n) up to `decay`), so short runs are not stuck near init."""
-    d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
-    return averaged + (current - averaged) * (1.0 - d)
+    """EMA with warm-up (`warmed_decay`), for torch's AveragedModel."""
+    return averaged + (current - averaged) * (1.0 - warmed_decay(decay, num_averaged))
 
 
 class DiffusionModule(GenerativeModule):

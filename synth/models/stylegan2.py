@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from synth.errors import SynthError
-from synth.models.base import GenerativeModule
+from synth.models.base import GenerativeModule, warmed_decay
 from synth.models.collapse import CollapseWatch
 from synth.models.gan import d_loss_fn, g_loss_fn
 from synth.models.stylegan2_nets import Discriminator, Generator, path_lengths, r1_penalty
@@ -148,10 +148,8 @@ class StyleGAN2Module(GenerativeModule):
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """G_ema <- lerp towards G (decay warmed up as (1+n)/(10+n) so short runs are not stuck near init); buffers
-        (the mean w) copied."""
-        n = self.global_step
-        keep = min(self.ema_decay, (1 + n) / (10 + n))
+        """G_ema <- lerp towards G (decay warmed up: `warmed_decay`); buffers (the mean w) copied."""
+        keep = warmed_decay(self.ema_decay, self.global_step)
         for ema, p in zip(self.g_ema.parameters(), self.generator.parameters()):
             ema.lerp_(p, 1 - keep)
         for ema, b in zip(self.g_ema.buffers(), self.generator.buffers()):
