@@ -109,13 +109,13 @@ class SynthSweeper:
         storage = self._storage()
         pruner = instantiate(self.pruner_cfg) if self.pruner_cfg else None
         if create:
-            try:
-                existing = optuna.load_study(study_name=self.study_name, storage=storage)
+            try:  # the storage's record of the study, without building a Study for it
+                existing = [d.name.lower() for d in storage.get_study_directions(storage.get_study_id_from_name(self.study_name))]
             except KeyError:
                 existing = None
-            if existing is not None and [d.name.lower() for d in existing.directions] != self.directions:
+            if existing is not None and existing != self.directions:
                 raise SynthError(f"study {self.study_name} in {self.address} was created with directions "
-                                 f"{[d.name.lower() for d in existing.directions]}, not {self.directions}: start a new study with "
+                                 f"{existing}, not {self.directions}: start a new study with "
                                  f"sweep_name=<new name>, or keep optimized_metric and hydra.sweeper.direction as they were")
             return optuna.create_study(study_name=self.study_name, storage=storage, directions=self.directions,
                                        sampler=self._sampler(self.seed), pruner=pruner, load_if_exists=True)

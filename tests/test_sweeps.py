@@ -237,6 +237,11 @@ def test_storage_choices_and_refusals(tmp_path):
         sweep_study.address("redis", tmp_path)
     with pytest.raises(SynthError, match="direction=minimize does not fit optimized_metric \\(2 metric"):
         make_sweeper(tmp_path, ["optimized_metric=[val/loss,val/mmd]"])
+    for storage in ("sqlite", "journal"):  # a study made with another direction is refused, not reused
+        where = tmp_path / storage
+        make_sweeper(where, [f"hydra.sweeper.storage={storage}"])
+        with pytest.raises(SynthError, match=r"study ddpm_phantom in .* was created with directions \['minimize'\], not \['maximize'\]: start a new study"):
+            make_sweeper(where, [f"hydra.sweeper.storage={storage}", "hydra.sweeper.direction=maximize"])
 
 
 # ----- real sweeps (train.py -m) ----------------------------------------------------------------------------
