@@ -60,6 +60,23 @@ def test_trained_controlnet_reloads_and_follows_its_mask_argument(runs2d):
         model.sample(2, condition=torch.zeros(2, 1, 8, 8), steps=3)
 
 
+def test_training_moves_only_the_controlnet_and_its_ema_follows_it(runs2d):
+    """The optimizer holds the ControlNet's parameters only, the EMA averages the ControlNet once per step, and the
+    base UNet leaves training as it came in (its EMA weights)."""
+    from synth.runs import find_checkpoint, load_checkpoint
+
+    base_dir, cn_dir, _ = runs2d
+    model, _ = load_run(cn_dir)
+    base, _ = load_run(base_dir)
+    state = load_checkpoint(find_checkpoint(cn_dir, "last"))
+    assert type(model.ema.module) is type(model.controlnet) and int(model.ema.n_averaged) == state["global_step"] == 4
+    assert sum(len(g["params"]) for g in state["optimizer_states"][0]["param_groups"]) == len(list(model.controlnet.parameters()))
+    frozen, trained = model.net.state_dict(), base.ema.module.state_dict()
+    assert all(torch.equal(frozen[k], trained[k]) for k in trained)
+    ema, raw = dict(model.ema.module.named_parameters()), dict(model.controlnet.named_parameters())
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw)
+
+
 def test_generate_writes_image_mask_pairs(runs2d, tmp_path):
     _, cn_dir, _ = runs2d
     out = tmp_path / "gen"

@@ -9,7 +9,6 @@ copies its autoencoder; the ControlNet keeps its own EMA.
 `sample(n, condition=masks)`: `masks` is (n, 1, *S) (or one (1, *S) mask for all) in {0, 1} on the data's grid."""
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,11 +17,10 @@ import torch.nn.functional as F
 from monai.inferers import ControlNetDiffusionInferer
 from monai.networks.utils import copy_model_state
 from omegaconf import OmegaConf
-from torch.optim.swa_utils import AveragedModel
 
 from synth.errors import SynthError
 from synth.models.base import build
-from synth.models.diffusion import DiffusionModule, ema_update
+from synth.models.diffusion import DiffusionModule
 
 # the UNet's architecture keys a ControlNet shares (so that the encoder copy and the residuals fit)
 SHARED = ("spatial_dims", "in_channels", "channels", "attention_levels", "num_res_blocks", "norm_num_groups", "norm_eps",
@@ -73,9 +71,8 @@ class ControlNetModule(DiffusionModule):
         cn = OmegaConf.to_container(controlnet, resolve=True) if OmegaConf.is_config(controlnet) else dict(controlnet)
         self.controlnet = build(cn, **{k: net[k] for k in SHARED if k in net}, conditioning_embedding_in_channels=1)
         copy_model_state(self.controlnet, self.net.state_dict())  # the encoder starts as the trained UNet's
-        if ema_decay > 0:
-            self.ema = AveragedModel(self.controlnet, avg_fn=partial(ema_update, decay=float(ema_decay)), use_buffers=True)
-            self.ema.requires_grad_(False)
+        self.ema = self._averaged(ema_decay)
+        self._inferer = ControlNetDiffusionInferer(self.scheduler)
         self.conditioning_scale = float(conditioning_scale)
         self.base_run = str(run)
         self.config_updates = {"model.base_run": str(run)}  # the saved config names it absolutely
@@ -85,8 +82,9 @@ class ControlNetModule(DiffusionModule):
         self.net.eval()  # frozen
         return self
 
-    def configure_optimizers(self):
-        return self.build_optimizer(self.optimizer_cfg, self.controlnet.parameters())
+    @property
+    def trained(self) -> torch.nn.Module:
+        return self.controlnet
 
     def check_training_labels(self) -> None:
         if not self.data_meta.get("masks"):
@@ -101,14 +99,8 @@ class ControlNetModule(DiffusionModule):
         x = batch["image"]
         noise = torch.randn_like(x)
         t = self._timesteps(x)
-        inferer = ControlNetDiffusionInferer(self.scheduler)
-        pred = inferer(inputs=x, diffusion_model=self.net, controlnet=cn, noise=noise, timesteps=t, cn_cond=batch["mask"].to(x.dtype))
+        pred = self._inferer(inputs=x, diffusion_model=self.net, controlnet=cn, noise=noise, timesteps=t, cn_cond=batch["mask"].to(x.dtype))
         return F.mse_loss(pred.float(), self._target(x, noise, t).float())
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.ema is not None and self.trainer.global_step != self._ema_step:
-            self._ema_step = self.trainer.global_step
-            self.ema.update_parameters(self.controlnet)
 
     # ----- sampling -----------------------------------------------------------------------------------------
     def _check_conditioning(self, condition: Any) -> None:
@@ -134,8 +126,3 @@ class ControlNetModule(DiffusionModule):
         cn = self.controlnet if net is self.net else net  # denoise hands over the EMA ControlNet, or the frozen UNet (no EMA)
         down, mid = cn(x=x, timesteps=t, controlnet_cond=masks, conditioning_scale=self.conditioning_scale)
         return self.net(x, timesteps=t, down_block_additional_residuals=down, mid_block_additional_residual=mid)
-
-    @property
-    def n_parameters(self) -> int:
-        """Trained parameters: the ControlNet's (the base UNet is frozen)."""
-        return sum(p.numel() for p in self.controlnet.parameters())

@@ -75,10 +75,7 @@ class DiffusionModule(GenerativeModule):
         self.default_eta = float(eta)
         self.cond_drop_prob = float(cond_drop_prob)
         self.guidance = float(guidance)
-        self.ema = None
-        if ema_decay > 0:
-            self.ema = AveragedModel(self.net, avg_fn=partial(ema_update, decay=float(ema_decay)), use_buffers=True)
-            self.ema.requires_grad_(False)
+        self.ema = self._averaged(ema_decay)
         levels = len(net["channels"])
         latent = self.sample_shape != self.image_shape  # latent diffusion: the UNet sees the latent, not the image
         self.check_divisible(2 ** (levels - 1), f"the UNet has {levels} levels", shape=self.sample_shape if latent else None)
@@ -90,6 +87,17 @@ class DiffusionModule(GenerativeModule):
         if not 0 <= self.default_eta <= 1:
             raise SynthError(f"model.eta={eta} is out of range: use 0 (deterministic DDIM) .. 1 (ancestral)")
         self._ema_step = -1  # the optimizer step the EMA last followed
+
+    @property
+    def trained(self) -> torch.nn.Module:
+        """The network the optimizer trains and the EMA follows (model=controlnet: its ControlNet; the UNet is frozen)."""
+        return self.net
+
+    def _averaged(self, decay: float) -> AveragedModel | None:
+        """The EMA of `trained` (None for decay 0), updated once per optimizer step."""
+        if decay <= 0:
+            return None
+        return AveragedModel(self.trained, avg_fn=partial(ema_update, decay=float(decay)), use_buffers=True).requires_grad_(False)
 
     @property
     def scheduler(self):
@@ -165,7 +173,7 @@ class DiffusionModule(GenerativeModule):
         global_step moves (a resumed run starts from the restored step, set in on_train_start)."""
         if self.ema is not None and self.trainer.global_step != self._ema_step:
             self._ema_step = self.trainer.global_step
-            self.ema.update_parameters(self.net)
+            self.ema.update_parameters(self.trained)
 
     def _eval_loss(self, batch: dict, seed: int, net=None) -> torch.Tensor:
         """Noise and timesteps fixed by seed: the metric is comparable across validations and networks."""
@@ -190,7 +198,7 @@ class DiffusionModule(GenerativeModule):
         self._eval_step(batch, "test", 20_000 + batch_idx)
 
     def configure_optimizers(self):
-        return self.build_optimizer(self.optimizer_cfg, self.net.parameters())
+        return self.build_optimizer(self.optimizer_cfg, self.trained.parameters())
 
     # ----- sampling ---------------------------------------------------------------------------------------
     def sampling_settings(self, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
