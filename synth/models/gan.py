@@ -69,7 +69,34 @@ def gradient_penalty(
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
-class GANModule(GenerativeModule):
+class AdversarialHooks:
+    """Checks before fit and validation shared by the adversarial families (GANModule, StyleGAN2Module): GAN losses
+    do not track quality, so validation compares sets of images (val/mmd_rbf, the monitor) and logs the critic's
+    mean output on real and generated images. Needs `critic(x, labels)` and `ddp_name`."""
+
+    ddp_name = "a GAN"
+
+    def on_fit_start(self) -> None:
+        self.require_unused_parameters_under_ddp(self.ddp_name)
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and dm.meta["n_val"] < 2:
+            raise SynthError(
+                f"val/mmd_rbf compares sets of images but the validation split holds {dm.meta['n_val']}: "
+                "add subjects or raise the val fraction of data.split"
+            )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.collect_val_images(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        kept = self.log_sample_set_metrics()  # val/mmd_rbf (the monitor) and val/mmd, from the sampling generator
+        if kept is not None:
+            real, labels, fake = kept
+            self.log("val/d_real", self.critic(real, labels).mean())
+            self.log("val/d_fake", self.critic(fake, labels).mean())
+
+
+class GANModule(AdversarialHooks, GenerativeModule):
     def __init__(
         self,
         generator: Any,              # MONAI Generator config; shapes are derived here
@@ -174,26 +201,6 @@ class GANModule(GenerativeModule):
             if ratio is not None:
                 logs["train/spread_ratio"] = ratio  # fake / real batch spread (about 1 when diverse)
         self.log_dict(logs, prog_bar=True, batch_size=n)
-
-    # ----- checks before fit, and validation: a set-level signal, since GAN losses do not track quality -----
-    def on_fit_start(self) -> None:
-        self.require_unused_parameters_under_ddp("a GAN")
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and dm.meta["n_val"] < 2:
-            raise SynthError(
-                f"val/mmd_rbf compares sets of images but the validation split holds {dm.meta['n_val']}: "
-                "add subjects or raise the val fraction of data.split"
-            )
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.collect_val_images(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        kept = self.log_sample_set_metrics()  # val/mmd_rbf (the monitor) and val/mmd
-        if kept is not None:
-            real, labels, fake = kept
-            self.log("val/d_real", self.critic(real, labels).mean())
-            self.log("val/d_fake", self.critic(fake, labels).mean())
 
     @torch.no_grad()
     def sample(self, n: int, condition: Any = None, generator: torch.Generator | None = None, **_: Any) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from synth.errors import SynthError
 from synth.models.base import GenerativeModule, warmed_decay
 from synth.models.collapse import CollapseWatch
-from synth.models.gan import d_loss_fn, g_loss_fn
+from synth.models.gan import AdversarialHooks, d_loss_fn, g_loss_fn
 from synth.models.stylegan2_nets import Discriminator, Generator, path_lengths, r1_penalty
 
 
@@ -31,7 +31,9 @@ def lazy_regularised(opt: torch.optim.Optimizer, every: int) -> torch.optim.Opti
     return opt
 
 
-class StyleGAN2Module(GenerativeModule):
+class StyleGAN2Module(AdversarialHooks, GenerativeModule):
+    ddp_name = "StyleGAN2"
+
     def __init__(
         self,
         optimizer: Any,
@@ -155,23 +157,8 @@ class StyleGAN2Module(GenerativeModule):
         for ema, b in zip(self.g_ema.buffers(), self.generator.buffers()):
             ema.copy_(b)
 
-    # ----- checks before fit, and validation (as the GAN family: a set-level signal) -------------------------
-    def on_fit_start(self) -> None:
-        self.require_unused_parameters_under_ddp("StyleGAN2")
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and dm.meta["n_val"] < 2:
-            raise SynthError(f"val/mmd_rbf compares sets of images but the validation split holds {dm.meta['n_val']}: "
-                             "add subjects or raise the val fraction of data.split")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.collect_val_images(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        kept = self.log_sample_set_metrics()  # val/mmd_rbf (the monitor) and val/mmd, from the EMA generator
-        if kept is not None:
-            real, labels, fake = kept
-            self.log("val/d_real", self.discriminator(real, labels).mean())
-            self.log("val/d_fake", self.discriminator(fake, labels).mean())
+    def critic(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.discriminator(x, labels)
 
     @torch.no_grad()
     def sample(self, n: int, condition: Any = None, generator: torch.Generator | None = None, truncation: float | None = None,
