@@ -238,6 +238,27 @@ def test_coarse_to_fine_shift_search_finds_what_trying_every_shift_finds():
         assert np.all(found <= exhaustive + 1e-12) and np.abs(found - exhaustive).max() <= tol
 
 
+def test_shift_search_on_textures_up_to_the_border_and_its_limits():
+    """Images with content up to their border (tiles, crops): a copy moved by up to 4 pixels scores 1 (the frame
+    is trimmed where the low-pass saw different surroundings; 0.9990-0.9998 before), a copy with noise does not;
+    each axis allows 1/16 of its own size (a thin axis of 16 slices: one voxel); too few training images are one
+    clear error."""
+    from scipy import ndimage
+
+    from synth.errors import SynthError
+
+    rng = np.random.default_rng(0)
+    tiles = np.stack([ndimage.gaussian_filter(rng.standard_normal((1, 80, 80)), (0, 3, 3))[:, 8:72, 8:72] for _ in range(24)]).astype(np.float32)
+    moved = np.stack([ndimage.shift(x, (0, *rng.integers(-4, 5, 2)), order=0, mode="nearest") for x in tiles[:8]]).astype(np.float32)
+    sim, idx = memorization.nearest(moved, tiles)
+    assert (idx == np.arange(8)).all() and sim.min() > 0.99999
+    noisy = tiles[:8] + 0.3 * rng.standard_normal(tiles[:8].shape).astype(np.float32)
+    assert memorization.nearest(noisy, tiles)[0].max() < 0.95
+    assert memorization.max_shift((16, 64, 64)) == [1, 4, 4] and memorization.max_shift((8, 40, 24)) == [1, 3, 2]
+    with pytest.raises(SynthError, match="needs 2 or more training images"):
+        memorization.nearest(tiles[:2], tiles[:1], exclude=np.array([0, 0]))
+
+
 def test_authenticity_counts_samples_closer_than_the_training_slices_own_neighbours():
     """Alaa et al.'s authenticity on the demo's slices, where training slices lie 1 mm apart (r ~0.9993): exact
     training copies are all closer to their slice than its neighbour is, unseen test slices (8 mm away) none, and
