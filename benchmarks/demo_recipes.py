@@ -84,6 +84,8 @@ def ceiling(overrides: list[str], draws: int = 256) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    import torch
+
     from synth.evaluation import memorization
     from synth.evaluation.reference import splits_from_datamodule
 
@@ -92,6 +94,7 @@ def ceiling(overrides: list[str], draws: int = 256) -> dict:
     dm = instantiate(cfg.data)
     sp = {k: v[0] for k, v in splits_from_datamodule(dm).items()}
     ds = dm.datasets["train"]
+    torch.manual_seed(0)  # torchio draws its augmentation parameters from torch
     served = np.stack([ds[i % len(ds)]["image"].numpy() for i in range(draws)])
     threshold = memorization.calibrate(memorization.nearest(sp["val"], sp["train"])[0], 0.99)["threshold"]
     above = int((memorization.nearest(served, sp["train"])[0] >= threshold).sum())
@@ -145,8 +148,8 @@ def render(rows: list[dict]) -> str:
               "round-off on real slices (the wavelet high-pass mean and median of a flat background, SD ~1e-14), where a "
               "sample a fraction of a grey level off sat 1e12 SDs away: clean samples read ~62, near the noise row. Their "
               "checkpoints are gone, so they were not re-scored (their memorization counts also predate the audit's shift "
-              "search); every other row was re-scored with the current evaluation (`--rescore`): the augmented row went from 2 "
-              "to 5 of 64 above the threshold when the audit learned to see shifted copies.",
+              "search); every other row was re-scored with the current evaluation (`--rescore`), whose audit now also finds "
+              "shifted copies: the DDPM row went from 8 to 11 of 64 above the threshold, the augmented row stayed at 2.",
               "- Times: a run's wall and CPU minutes as measured, with the 1-minute load average before and after it; on a shared "
               "machine (load above the 2 cores) the wall time grows with the load, so compare rows measured under the same load, "
               "or CPU minutes with one torch thread.",
@@ -155,11 +158,11 @@ def render(rows: list[dict]) -> str:
               "a training slice drawn 3-4 pixels off-centre scored 0.79-0.90 before (below the 0.98 threshold, 'no copies') and "
               "scores as the slice itself now. Any model that draws the 32 training slices well is a copier (perfect learner: "
               "100 %), and the default recipe does exactly that: every sample is above the threshold, and the longer it trains "
-              "the more samples are closer to their training slice than it is to its 1 mm neighbour (19 of 64 after 800 steps, "
-              "47 after 1000; no test slice is), while the validation loss climbs after step 200. Augmentation (torchio affine + elastic) makes the "
+              "the more samples are closer to their training slice than it is to its 1 mm neighbour (the authenticity column; "
+              "no test slice is), while the validation loss climbs after step 200 (the default row's note). Augmentation (torchio affine + elastic) makes the "
               "verdict 'no copies', but its samples are not new anatomy: they are turned, scaled and warped versions of "
               "the same 32 slices (which a pixel audit that only undoes shifts cannot recognise; even a perfect learner of "
-              "that augmentation has a third of its images above the threshold), and after 1000 steps they are noisy and "
+              "that augmentation has a good share of its images above the threshold: its perfect-learner column), and after 1000 steps they are noisy and "
               "blurry, without ventricles (FRD 9.8 against 7.8). With one brain, a sample that looks like one of its slices "
               "is a version of one of its training levels: clean and new needs more than one brain in the training set."]
     return "\n".join(lines) + "\n"
@@ -193,6 +196,8 @@ def main() -> None:
         for r in hits:
             r["metrics"], r["frd_before_fix"] = metrics, False
         JSON.write_text(json.dumps(rows, indent=1) + "\n")
+    if a.record and (a.wall is None or a.cpu is None):
+        sys.exit("--record needs --wall and --cpu (the seconds the run took, e.g. from /usr/bin/time)")
     if a.record:
         name, run = a.record.split("=", 1)
         newest = max(Path(run).glob("eval/*/metrics.json"), key=lambda f: f.stat().st_mtime)
@@ -202,7 +207,7 @@ def main() -> None:
                "metrics": row_metrics(json.loads(newest.read_text())), "ceiling": ceiling(a.overrides)}
         rows = [r for r in rows if r["recipe"] != name] + [row]
         JSON.write_text(json.dumps(rows, indent=1) + "\n")
-    for r in rows:  # rows measured before the ceiling existed (it needs no training)
+    for r in rows if not a.render else []:  # rows measured before the ceiling existed (it needs no training)
         if "ceiling" not in r:
             r["ceiling"] = ceiling(r.get("overrides") or [])
             JSON.write_text(json.dumps(rows, indent=1) + "\n")
