@@ -47,6 +47,11 @@ RECIPES = {
 }
 
 
+def _save(rows: list[dict]) -> None:
+    JSON.parent.mkdir(parents=True, exist_ok=True)
+    JSON.write_text(json.dumps(rows, indent=1) + "\n")
+
+
 def _cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -96,8 +101,9 @@ def ceiling(overrides: list[str], draws: int = 256) -> dict:
     ds = dm.datasets["train"]
     torch.manual_seed(0)  # torchio draws its augmentation parameters from torch
     served = np.stack([ds[i % len(ds)]["image"].numpy() for i in range(draws)])
-    threshold = memorization.calibrate(memorization.nearest(sp["val"], sp["train"])[0], 0.99)["threshold"]
-    above = int((memorization.nearest(served, sp["train"])[0] >= threshold).sum())
+    index = memorization.Neighbours(sp["train"])
+    threshold = memorization.calibrate(index.nearest(sp["val"])[0], 0.99)["threshold"]
+    above = int((index.nearest(served)[0] >= threshold).sum())
     return {"n": draws, "n_above": above, "augmented": bool(dm.augment.transform is not None)}
 
 
@@ -195,7 +201,7 @@ def main() -> None:
             sys.exit(f"--rescore {item}: no recipe named {name!r} in {JSON}")
         for r in hits:
             r["metrics"], r["frd_before_fix"] = metrics, False
-        JSON.write_text(json.dumps(rows, indent=1) + "\n")
+        _save(rows)
     if a.record and (a.wall is None or a.cpu is None):
         sys.exit("--record needs --wall and --cpu (the seconds the run took, e.g. from /usr/bin/time)")
     if a.record:
@@ -206,19 +212,18 @@ def main() -> None:
                "torch_threads": "default", "cores": os.cpu_count(), "steps": None, "note": a.note,
                "metrics": row_metrics(json.loads(newest.read_text())), "ceiling": ceiling(a.overrides)}
         rows = [r for r in rows if r["recipe"] != name] + [row]
-        JSON.write_text(json.dumps(rows, indent=1) + "\n")
+        _save(rows)
     for r in rows if not a.render else []:  # rows measured before the ceiling existed (it needs no training)
         if "ceiling" not in r:
             r["ceiling"] = ceiling(r.get("overrides") or [])
-            JSON.write_text(json.dumps(rows, indent=1) + "\n")
+            _save(rows)
     if not a.render and not a.rescore and not a.record:
         for name, overrides in RECIPES.items():
             if a.only and name not in a.only and name.split(" ")[0] not in a.only:
                 continue
             row = measure(name, overrides, Path(a.out))
             rows = [r for r in rows if r["recipe"] != name] + [row]
-            JSON.parent.mkdir(parents=True, exist_ok=True)
-            JSON.write_text(json.dumps(rows, indent=1) + "\n")
+            _save(rows)
     MD.write_text(render(rows))
     print(MD.read_text())
 

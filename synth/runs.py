@@ -279,13 +279,14 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def load_run(run_dir: str | Path, ckpt: str = "last"):
-    """A trained module from a run dir: its saved config builds the network, its checkpoint fills it."""
+def load_run(run_dir: str | Path, ckpt: str = "last", config: DictConfig | None = None):
+    """A trained module from a run dir: its saved config (`config`: already read) builds the network, its checkpoint
+    fills it."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     run_dir = resolve_run_dir(run_dir)
-    train_cfg = load_run_config(run_dir)
+    train_cfg = load_run_config(run_dir) if config is None else config
     path = find_checkpoint(run_dir, ckpt)
     state = load_checkpoint(path)
     try:
@@ -311,10 +312,11 @@ def load_frozen_run(run_dir: Any, key: str, image_shape: tuple[int, ...], refuse
     run = Path(str(run_dir)).resolve()
     if not (run / "config.yaml").is_file():
         raise SynthError(f"{key}={run_dir} is not a synth run dir (no config.yaml): pass the dir of {kind}")
-    reason = refuse(load_run_config(run))
+    cfg = load_run_config(run)
+    reason = refuse(cfg)
     if reason:
         raise SynthError(f"{key}={run_dir} {reason}")
-    model, cfg = load_run(run, "best" if any((run / "checkpoints").glob("best-*.ckpt")) else "last")
+    model, _ = load_run(run, "best" if any((run / "checkpoints").glob("best-*.ckpt")) else "last", config=cfg)
     if tuple(model.image_shape) != tuple(image_shape):
         raise SynthError(f"the {noun} of {run_dir} was trained on images {list(model.image_shape)} (channels, size) but this data gives "
                          f"{list(image_shape)}: use the same data.channels and data.image_size as that run")

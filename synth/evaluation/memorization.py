@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from synth.errors import SynthError
 from synth.evaluation.bootstrap import wilson
 
 log = logging.getLogger(__name__)
@@ -111,37 +112,52 @@ def _best_match(query: torch.Tensor, candidates: torch.Tensor, shifts: list[int]
     return float(_unit(c) @ _unit(q.unsqueeze(0))[0]), k
 
 
-def nearest(queries: np.ndarray, train: np.ndarray, chunk: int = 256, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """For each query its highest Pearson correlation with any training image over small shifts (module
-    docstring), and that image's index; `exclude`: per query, a training index it may not match (itself)."""
-    k_top = min(CANDIDATES, len(train) - (exclude is not None))
-    if k_top < 1:
-        from synth.errors import SynthError
+class Neighbours:
+    """The training images prepared once for every nearest-neighbour query of an audit: low-passed, as unit rows
+    (to rank candidates), and the shifts their size allows."""
 
-        raise SynthError(f"the memorization audit needs {1 + (exclude is not None)} or more training images to compare with, "
-                         f"got {len(train)}: give the data more training items")
-    train_s = torch.as_tensor(smooth(train))
-    t = _unit(train_s, torch.float32)
-    shifts = max_shift(tuple(np.shape(train)[2:]))
-    best, index = [], []
-    for k in range(0, len(queries), chunk):
-        q = torch.as_tensor(smooth(queries[k:k + chunk]))
-        plain = _unit(q, torch.float32) @ t.T
-        if exclude is not None:
-            plain[torch.arange(len(q)), torch.as_tensor(exclude[k:k + chunk])] = -np.inf
-        top = plain.topk(k_top, dim=1).indices
-        for i in range(len(q)):
-            value, j = _best_match(q[i], train_s[top[i]], shifts)
-            best.append(value)
-            index.append(int(top[i, j]))
-    return np.asarray(best, dtype=np.float64), np.asarray(index, dtype=np.int64)
+    def __init__(self, train: np.ndarray):
+        self.n = len(train)
+        self.smoothed = torch.as_tensor(smooth(train))
+        self.rows = _unit(self.smoothed, torch.float32)
+        self.shifts = max_shift(tuple(np.shape(train)[2:]))
+
+    def nearest(self, queries: np.ndarray, exclude: np.ndarray | None = None, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """For each query its highest Pearson correlation with any training image over small shifts (module
+        docstring), and that image's index; `exclude`: per query, a training index it may not match (itself)."""
+        return self._nearest_smoothed(torch.as_tensor(smooth(queries)), exclude, chunk)
+
+    def members(self, indices: np.ndarray) -> np.ndarray:
+        """For these training images, their similarity with the nearest OTHER training image."""
+        return self._nearest_smoothed(self.smoothed[torch.as_tensor(indices)], np.asarray(indices), 256)[0]
+
+    def _nearest_smoothed(self, queries: torch.Tensor, exclude: np.ndarray | None, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        k_top = min(CANDIDATES, self.n - (exclude is not None))
+        if k_top < 1:
+            raise SynthError(f"the memorization audit needs {1 + (exclude is not None)} or more training images to compare with, "
+                             f"got {self.n}: give the data more training items")
+        best, index = [], []
+        for k in range(0, len(queries), chunk):
+            q = queries[k:k + chunk]
+            plain = _unit(q, torch.float32) @ self.rows.T
+            if exclude is not None:
+                plain[torch.arange(len(q)), torch.as_tensor(exclude[k:k + chunk])] = -np.inf
+            top = plain.topk(k_top, dim=1).indices
+            for i in range(len(q)):
+                value, j = _best_match(q[i], self.smoothed[top[i]], self.shifts)
+                best.append(value)
+                index.append(int(top[i, j]))
+        return np.asarray(best, dtype=np.float64), np.asarray(index, dtype=np.int64)
+
+
+def nearest(queries: np.ndarray, train: np.ndarray, chunk: int = 256, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`Neighbours(train).nearest(queries, exclude)`: for one query set; an audit prepares the training set once."""
+    return Neighbours(train).nearest(queries, exclude, chunk)
 
 
 def calibrate(calibration_scores: np.ndarray, quantile: float) -> dict:
     """The threshold: the `quantile` of held-out real images' nearest-training similarities."""
     if not 0.5 <= quantile < 1:
-        from synth.errors import SynthError
-
         raise SynthError(f"memorization.quantile={quantile} must be in [0.5, 1): the share of unseen real images that stay below the threshold (e.g. 0.99)")
     threshold = float(np.quantile(calibration_scores, quantile))
     if threshold > 0.9999:
@@ -176,15 +192,16 @@ def closer_than_real(samples: np.ndarray, held_out: np.ndarray) -> dict:
             "meaning": "0.5: samples are as close to the training set as unseen real images; near 1: closer (copying)"}
 
 
-def authenticity(scores: dict[str, tuple[np.ndarray, np.ndarray]], train: np.ndarray) -> dict:
+def authenticity(scores: dict[str, tuple[np.ndarray, np.ndarray]], train: np.ndarray | Neighbours) -> dict:
     """Alaa et al. 2022's authenticity: an image is closer to its nearest training image than that training image
     is to its own nearest other training image (the training set's local spacing, e.g. 1 mm neighbouring slices).
     Per set of (similarity, nearest index): the count and share closer than that, with a Wilson interval; unseen
     real images give the share to compare with. Stricter than the threshold where training images are dense."""
+    index = train if isinstance(train, Neighbours) else Neighbours(train)
     used = np.unique(np.concatenate([idx for _, idx in scores.values()]))
-    if len(train) < 2 or not len(used):
+    if index.n < 2 or not len(used):
         return {}
-    own = dict(zip(used.tolist(), nearest(train[used], train, exclude=used)[0].tolist()))
+    own = dict(zip(used.tolist(), index.members(used).tolist()))
     out = {}
     for name, (sim, idx) in scores.items():
         k = int(sum(s > own[int(j)] for s, j in zip(sim, idx)))
@@ -198,20 +215,21 @@ def audit(samples: np.ndarray, train: np.ndarray, calibration: np.ndarray, held_
           quantile: float = 0.99, pairs: int = 8) -> tuple[dict, dict]:
     """The audit as JSON (synthetic, test-split real images and noise against the training images; the
     threshold from the val split) and the raw scores and indices (for figures)."""
-    raw = {name: nearest(x, train) for name, x in (("synthetic", samples), ("real_held_out", held_out), ("noise", noise),
-                                                    ("real_val", calibration))}
+    index = Neighbours(train)
+    raw = {name: index.nearest(x) for name, x in (("synthetic", samples), ("real_held_out", held_out), ("noise", noise),
+                                                 ("real_val", calibration))}
     cal = calibrate(raw["real_val"][0], quantile)
     t = cal["threshold"]
     order = np.argsort(-raw["synthetic"][0])[:pairs]
     result = {
         "similarity": f"pearson correlation with the nearest training image, both low-passed (Gaussian sigma {SMOOTH_SIGMA:g} voxels), "
-                      f"best over shifts of up to {max_shift(tuple(np.shape(train)[2:]))} voxels",
+                      f"best over shifts of up to {index.shifts} voxels",
         "threshold": t,
         "calibration": cal,
         "n_train": int(len(train)),
         **{name: summary(scores, t) for name, (scores, _) in raw.items()},
         "closer_than_real": closer_than_real(raw["synthetic"][0], raw["real_held_out"][0]),
-        "closer_than_training_neighbours": authenticity({k: raw[k] for k in ("synthetic", "real_held_out")}, train),
+        "closer_than_training_neighbours": authenticity({k: raw[k] for k in ("synthetic", "real_held_out")}, index),
         "closest_pairs": [{"sample": int(i), "train_index": int(raw["synthetic"][1][i]), "correlation": float(raw["synthetic"][0][i])} for i in order],
     }
     result["real_held_out"]["split"], result["real_val"]["split"] = "test", "val"

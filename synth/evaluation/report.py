@@ -207,7 +207,7 @@ def _memorization_section(m: dict) -> list[str]:
         lines += [f"Closer to their nearest training image than that image is to its nearest other training image "
                   f"(Alaa et al. 2022's authenticity): {syn['n_closer']} of {syn['n']} samples ({fmt(syn['fraction'])} "
                   f"[{fmt(syn['ci'][0])}, {fmt(syn['ci'][1])}]), {real['n_closer']} of {real['n']} unseen test images "
-                  f"({fmt(real['fraction'])}).", ""]
+                  f"({fmt(real['fraction'])} [{fmt(real['ci'][0])}, {fmt(real['ci'][1])}]).", ""]
     return lines + ["![closest pairs](nearest_pairs.png)", "", "![nearest-neighbour correlations](memorization.png)", ""]
 
 
